@@ -1,11 +1,20 @@
-"""Layers shared by every network family: equalised-lr fully connected layer, z normalisation."""
+"""Layers shared by every network family.
+
+Equalised-lr fully connected and convolution layers, z normalisation, the StyleGAN2 modulated
+convolution and the mapping network z (+ c) -> w. Parameter names follow NVIDIA's state dicts.
+"""
 from __future__ import annotations
+
+import math
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 import cuda_ops
+from cuda_ops.reference.bias_act import ACTIVATIONS
+from engine.errors import UnsupportedNetworkError
 
 
 def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
