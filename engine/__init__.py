@@ -1,0 +1,31 @@
+"""StyleDeck's engine: networks, latents, images and jobs, with no Qt.
+
+The app and scripts use the names in `__all__`; they get numpy arrays, frozen dataclasses and
+the typed errors of `engine.errors` back.
+"""
+from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.errors import (Cancelled, CorruptFileError, DeviceOutOfMemoryError, StyleDeckError, UnsafePickleError,
+                           UnsupportedNetworkError)
+from engine.images import image_grid, save_png, to_images, to_rgb, to_uint8
+from engine.jobs import CancelToken, Progress, ProgressCallback, atomic_write
+from engine.latents import (GROUP_NAMES, NOISE_MODES, LatentCache, LayerGroup, NoiseMode, Source, base_mix,
+                            check_noise_mode, class_to_c, compose_ws, layer_groups, mix_ws, network_family,
+                            parse_range_list, parse_styles, seed_to_z, set_mix_weight, truncate, ws_resolutions)
+from engine.loader import convert_network, load_network, network_info
+from engine.networks.stylegan3 import input_transform
+
+__all__ = [
+    # errors
+    "Cancelled", "CorruptFileError", "DeviceOutOfMemoryError", "StyleDeckError", "UnsafePickleError",
+    "UnsupportedNetworkError",
+    # networks on disk
+    "convert_network", "input_transform", "load_checkpoint", "load_network", "network_info", "save_checkpoint",
+    # latents
+    "GROUP_NAMES", "NOISE_MODES", "LatentCache", "LayerGroup", "NoiseMode", "Source", "base_mix",
+    "check_noise_mode", "class_to_c", "compose_ws", "layer_groups", "mix_ws", "network_family",
+    "parse_range_list", "parse_styles", "seed_to_z", "set_mix_weight", "truncate", "ws_resolutions",
+    # images
+    "image_grid", "save_png", "to_images", "to_rgb", "to_uint8",
+    # jobs
+    "CancelToken", "Progress", "ProgressCallback", "atomic_write",
+]

@@ -1,0 +1,380 @@
+"""The command line: `python main.py <command>` (or `styledeck <command>`).
+
+Commands: info, generate, mix, convert. Options mean what they mean in NVIDIA's gen_images.py
+and style_mixing.py (--network, --seeds 0-3,7, --trunc, --class, --noise-mode, --translate,
+--rotate, --outdir; --rows, --cols, --styles), so their command lines keep working; output
+files are named as theirs (seed0042.png, 3-7.png, grid.png).
+Exit status: 0 done, 1 an error the message explains, 2 bad usage, 130 stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from engine.errors import Cancelled, DeviceOutOfMemoryError, StyleDeckError
+from engine.images import image_grid, save_png, to_uint8
+from engine.jobs import Progress
+from engine.latents import (NOISE_MODES, LatentCache, Source, class_to_c, layer_groups, network_family,
+                            parse_range_list, parse_styles, seed_to_z)
+from engine.loader import convert_network, load_network, network_info
+from engine.networks.stylegan3 import input_transform
+from engine.rosinality import export_rosinality
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT_SUFFIXES = (".safetensors", ".pkl")
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers shared by the commands
+
+def models_dir() -> Path:
+    """Where bundled networks live: $STYLEDECK_MODELS, or models/ in the repository."""
+    return Path(os.environ.get("STYLEDECK_MODELS", ROOT / "models"))
+
+
+def default_network() -> Path:
+    """The network to use when --network is not given: models/registry.json's default, else the
+    first checkpoint in models/ by name; a StyleDeckError when there is none."""
+    folder = models_dir()
+    registry = folder / "registry.json"
+    if registry.is_file():
+        try:
+            entries = json.loads(registry.read_text())
+        except (OSError, ValueError) as exc:
+            raise StyleDeckError(f"{registry} is not valid JSON ({exc}); fix it or pass --network.") from exc
+        candidates = []
+        if isinstance(entries, dict) and isinstance(entries.get("default"), str):
+            candidates.append(entries["default"])
+        models = entries.get("models", []) if isinstance(entries, dict) else entries
+        for entry in models if isinstance(models, list) else []:
+            if isinstance(entry, dict):
+                candidates += [entry[k] for k in ("file", "path") if isinstance(entry.get(k), str)]
+        for name in candidates:
+            if (folder / name).is_file():
+                return folder / name
+    checkpoints = sorted(p for p in folder.glob("*") if p.suffix in CHECKPOINT_SUFFIXES and p.is_file()) \
+        if folder.is_dir() else []
+    if checkpoints:
+        return checkpoints[0]
+    raise StyleDeckError(f"No network is bundled in {folder} yet. Pass --network with the path of an NVIDIA "
+                         "network pickle (.pkl) or a StyleDeck checkpoint (.safetensors).")
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; a device that is not there is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise StyleDeckError(f"Unknown device {name!r}; use auto, cpu, cuda or cuda:N.") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise StyleDeckError(f"Device {name!r} was asked for, but PyTorch sees no CUDA device here; use --device cpu.")
+    return device
+
+
+def load_generator(args: argparse.Namespace) -> tuple[Path, dict[str, torch.nn.Module], torch.nn.Module]:
+    """(path, networks, G): G_ema where the file has it (what NVIDIA's scripts render), else G."""
+    path = Path(args.network) if args.network else default_network()
+    device = resolve_device(getattr(args, "device", "cpu"))
+    with translate_oom():
+        networks = load_network(path, device=device)
+    G = networks.get("G_ema", networks.get("G"))
+    if G is None:
+        raise StyleDeckError(f"{path.name} holds no generator (found: {', '.join(networks) or 'nothing'}).")
+    return path, networks, G.eval().requires_grad_(False)
+
+
+@contextmanager
+def progress_bar(total: int, desc: str, unit: str = "img") -> Iterator[Callable[[Progress | int], None]]:
+    """A tqdm bar on stderr that appears only once the work takes over a second.
+
+    Yields a callback taking a Progress event (from an engine job) or a count of steps done.
+    """
+    with tqdm(total=total, desc=desc, unit=unit, delay=1.0, file=sys.stderr, dynamic_ncols=True) as bar:
+        def update(event: Progress | int = 1) -> None:
+            if isinstance(event, Progress):
+                bar.total = event.total
+                bar.set_postfix_str(event.message, refresh=False)
+                bar.update(event.step - bar.n)
+            else:
+                bar.update(event)
+        yield update
+
+
+@contextmanager
+def translate_oom() -> Iterator[None]:
+    """Out of device memory becomes a DeviceOutOfMemoryError with advice."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as exc:
+        raise DeviceOutOfMemoryError("The GPU ran out of memory; close other programs using it or "
+                                     "try --device cpu.") from exc
+
+
+def set_input_transform(G: torch.nn.Module, rotate: float, translate: tuple[float, float]) -> None:
+    """StyleGAN3: rotate/translate the output through the input transform; StyleGAN2 has none."""
+    if network_family(G) != "stylegan3":
+        if rotate != 0 or translate != (0.0, 0.0):
+            log.warning("--rotate and --translate need a StyleGAN3 network; ignored for this StyleGAN2 one")
+        return
+    transform = G.synthesis.input.transform
+    transform.copy_(torch.from_numpy(input_transform(rotate, translate)).to(transform))
+
+
+def _warn_unused_class(G: torch.nn.Module, args: argparse.Namespace) -> None:
+    if G.c_dim == 0 and args.class_idx is not None:
+        log.warning("--class is ignored: this network is unconditional")
+
+
+def _range_list(text: str) -> list[int]:
+    try:
+        values = parse_range_list(text)
+    except StyleDeckError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
+def _count(text: str) -> int:
+    """A whole number >= 0."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0; got {text!r}")
+    return int(text)
+
+
+def _vec2(text: str) -> tuple[float, float]:
+    """NVIDIA's "x,y" vector syntax."""
+    parts = text.split(",")
+    try:
+        if len(parts) == 2:
+            return float(parts[0]), float(parts[1])
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected two numbers like 0.1,-0.2; got {text!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+def cmd_info(args: argparse.Namespace) -> int:
+    path, networks, G = load_generator(args)
+    info = network_info(G)
+    family_label = {None: "StyleGAN2", "T": "StyleGAN3-T (translation equivariant)",
+                    "R": "StyleGAN3-R (rotation equivariant)"}[info.get("config")]
+    rows = [
+        ("network", str(path)),
+        ("family", family_label),
+        ("resolution", f"{G.img_resolution} px, {G.img_channels} channel{'s' if G.img_channels != 1 else ''}"),
+        ("conditional", f"yes, {G.c_dim} classes" if G.c_dim else "no"),
+        ("z_dim / w_dim", f"{G.z_dim} / {G.w_dim}"),
+        ("num_ws", str(G.num_ws)),
+        ("parameters", ", ".join(f"{name} {network_info(net)['num_params']:,}" for name, net in networks.items())),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    print("layer groups")
+    for group in layer_groups(G):
+        layers = f"{group.layers[0]}-{group.layers[-1]}" if len(group.layers) > 1 else str(group.layers[0])
+        resolution = "" if group.label.startswith("layers") else f"  ({group.label})"  # SG2 only
+        print(f"  {group.name:<7} ws {layers:<6}{resolution}")
+    return 0
+
+
+@torch.no_grad()
+def cmd_generate(args: argparse.Namespace) -> int:
+    _, _, G = load_generator(args)
+    device = next(G.parameters()).device
+    c = class_to_c(args.class_idx, G.c_dim, device)                       # [1, c_dim]
+    _warn_unused_class(G, args)
+    set_input_transform(G, args.rotate, args.translate)
+    outdir = Path(args.outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    images = []
+    with progress_bar(len(args.seeds), "generating") as advance, translate_oom():
+        for seed in args.seeds:
+            # One seed at a time, as gen_images.py: batch size changes float rounding.
+            z = seed_to_z(seed, G.z_dim).to(device)                       # [1, z_dim]
+            img = G(z, c, truncation_psi=args.trunc, truncation_cutoff=args.trunc_cutoff,
+                    noise_mode=args.noise_mode)                           # [1, C, H, W]
+            image = to_uint8(img)[0]                                      # [H, W, C]
+            save_png(outdir / f"seed{seed:04d}.png", image)
+            if args.grid:
+                images.append(image)
+            advance(1)
+    if args.grid:
+        save_png(outdir / "grid.png", image_grid(images))
+    print(f"wrote {len(args.seeds)} image{'s' if len(args.seeds) != 1 else ''} to {outdir}"
+          + (" and grid.png" if args.grid else ""))
+    return 0
+
+
+@torch.no_grad()
+def cmd_mix(args: argparse.Namespace) -> int:
+    _, _, G = load_generator(args)
+    styles = parse_styles(args.styles, G)
+    class_to_c(args.class_idx, G.c_dim)                                   # a clear error before any work
+    _warn_unused_class(G, args)
+    cache = LatentCache(G)
+    outdir = Path(args.outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+
+    def render(ws: torch.Tensor) -> np.ndarray:                           # [num_ws, w_dim] -> [H, W, C]
+        return to_uint8(G.synthesis(ws[None], noise_mode=args.noise_mode))[0]
+
+    seeds = list(dict.fromkeys(args.rows + args.cols))                    # unique, in order
+    total = len(seeds) + len(args.rows) * len(args.cols)
+    ws = {}
+    image_of: dict[tuple[int, int], np.ndarray] = {}
+    with progress_bar(total, "mixing") as advance, translate_oom():
+        for seed in seeds:
+            ws[seed] = cache.ws(Source.from_seed(seed, args.class_idx), args.trunc, args.trunc_cutoff)
+            image_of[seed, seed] = render(ws[seed])
+            advance(1)
+        for row in args.rows:
+            for col in args.cols:
+                w = ws[row].clone()
+                w[styles] = ws[col][styles]                               # the column seed's styles
+                image_of[row, col] = render(w)
+                advance(1)
+    for (row, col), image in image_of.items():
+        save_png(outdir / f"{row}-{col}.png", image)
+    # The grid as style_mixing.py lays it out: column seeds across the top, row seeds down the
+    # left, each cell the row seed with the column seed's styles; the corner stays black.
+    blank = np.zeros_like(image_of[seeds[0], seeds[0]])
+    cells = [blank] + [image_of[col, col] for col in args.cols]
+    for row in args.rows:
+        cells += [image_of[row, row]] + [image_of[row, col] for col in args.cols]
+    save_png(outdir / "grid.png", image_grid(cells, rows=len(args.rows) + 1, cols=len(args.cols) + 1))
+    print(f"mixed ws {','.join(map(str, styles))} of the column seeds into {len(image_of)} images "
+          f"and grid.png in {outdir}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    src = Path(args.network) if args.network else default_network()
+    suffix = ".pt" if args.format == "rosinality" else ".safetensors"
+    dst = Path(args.output) if args.output else src.with_suffix(suffix)
+    if dst.resolve() == src.resolve():
+        raise StyleDeckError(f"--output {dst} is the input file; choose another name.")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if args.format == "rosinality":
+        export_rosinality(src, dst)
+    else:
+        convert_network(src, dst)
+    print(f"wrote {dst}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser and entry point
+
+def _add_network(p: argparse.ArgumentParser, device: bool = True) -> None:
+    p.add_argument("--network", metavar="PATH",
+                   help="NVIDIA network pickle (.pkl) or StyleDeck checkpoint (.safetensors); "
+                        "default: the network bundled in models/")
+    if device:
+        p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+
+
+def _add_latent_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trunc", dest="trunc", type=float, default=1.0, metavar="PSI",
+                   help="truncation psi: w_avg + psi (w - w_avg); 1 is off (default 1)")
+    p.add_argument("--trunc-cutoff", dest="trunc_cutoff", type=_count, default=None, metavar="N",
+                   help="truncate only the first N ws layers (default: all)")
+    p.add_argument("--class", dest="class_idx", type=int, default=None, metavar="IDX",
+                   help="class label for a conditional network")
+    p.add_argument("--noise-mode", dest="noise_mode", choices=NOISE_MODES, default="const",
+                   help="per-pixel noise: const (fixed, default), random or none")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="main.py", description="StyleDeck: explore and edit the latent space of StyleGAN2/3 networks.",
+        epilog="Run 'main.py <command> --help' for a command's options.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details (and tracebacks) to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+
+    p = sub.add_parser("info", help="describe a network: family, resolution, layers, parameters",
+                       description="Describe a network: family, resolution, ws layers and their groups, "
+                                   "parameter counts, conditional or not.")
+    _add_network(p, device="cpu")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("generate", help="render seeds to PNGs (like NVIDIA's gen_images.py)",
+                       description="Render one PNG per seed, named seedNNNN.png, as NVIDIA's gen_images.py.")
+    _add_network(p)
+    p.add_argument("--seeds", type=_range_list, required=True, help="seeds, e.g. 0-3,7")
+    _add_latent_options(p)
+    p.add_argument("--translate", type=_vec2, default=(0.0, 0.0), metavar="X,Y",
+                   help="StyleGAN3: translate the image (in image widths), e.g. 0.3,1")
+    p.add_argument("--rotate", type=float, default=0.0, metavar="DEG", help="StyleGAN3: rotation in degrees")
+    p.add_argument("--outdir", default="out", help="folder for the PNGs (default: out)")
+    p.add_argument("--grid", action="store_true", help="also write all seeds as one grid.png")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("mix", help="style-mixing grid (like NVIDIA's style_mixing.py)",
+                       description="Each row seed takes the styles of each column seed on the chosen layers; "
+                                   "writes ROW-COL.png per pair, SEED-SEED.png per seed and grid.png.")
+    _add_network(p)
+    p.add_argument("--rows", type=_range_list, required=True, help="row seeds (the base faces), e.g. 0-3")
+    p.add_argument("--cols", type=_range_list, required=True, help="column seeds (the styles), e.g. 4-7")
+    p.add_argument("--styles", default="0-6",
+                   help="ws layers the column seeds give: a group (coarse, middle, fine), indices like 0-6, "
+                        "or both, e.g. coarse,8 (default 0-6, as NVIDIA)")
+    _add_latent_options(p)
+    p.add_argument("--outdir", default="out", help="folder for the PNGs (default: out)")
+    p.set_defaults(func=cmd_mix)
+
+    p = sub.add_parser("convert", help="convert a network to a StyleDeck checkpoint or rosinality .pt",
+                       description="Convert a network file: to StyleDeck's native checkpoint (.safetensors), "
+                                   "or with --format rosinality to a rosinality stylegan2-pytorch .pt.")
+    _add_network(p, device=None)
+    p.add_argument("--output", metavar="PATH", help="file to write (default: beside the input, new suffix)")
+    p.add_argument("--format", choices=("native", "rosinality"), default="native",
+                   help="native (.safetensors, default) or rosinality (.pt, StyleGAN2 only)")
+    p.set_defaults(func=cmd_convert)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status (0, 1 error, 2 usage, 130 stopped)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except (Cancelled, KeyboardInterrupt):
+        print("stopped", file=sys.stderr)
+        return 130
+    except StyleDeckError as exc:
+        log.debug("details", exc_info=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # the CLI boundary: a bug, not a user error; keep the traceback
+        log.exception("unexpected failure")
+        print(f"error: unexpected failure ({type(exc).__name__}: {exc}); the traceback above has the details.",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
