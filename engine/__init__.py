@@ -4,8 +4,8 @@ The app and scripts use the names in `__all__`; they get numpy arrays, frozen da
 the typed errors of `engine.errors` back.
 """
 from engine.checkpoint import load_checkpoint, save_checkpoint
-from engine.errors import (Cancelled, CorruptFileError, DeviceOutOfMemoryError, StyleDeckError, UnsafePickleError,
-                           UnsupportedNetworkError)
+from engine.errors import (Cancelled, CorruptFileError, DeviceOutOfMemoryError, NetworkFileNotFoundError,
+                           StyleDeckError, UnsafePickleError, UnsupportedNetworkError)
 from engine.images import image_grid, save_png, to_images, to_rgb, to_uint8
 from engine.jobs import CancelToken, Progress, ProgressCallback, atomic_write
 from engine.latents import (GROUP_NAMES, NOISE_MODES, LatentCache, LayerGroup, NoiseMode, Source, base_mix,
@@ -16,8 +16,8 @@ from engine.networks.stylegan3 import input_transform
 
 __all__ = [
     # errors
-    "Cancelled", "CorruptFileError", "DeviceOutOfMemoryError", "StyleDeckError", "UnsafePickleError",
-    "UnsupportedNetworkError",
+    "Cancelled", "CorruptFileError", "DeviceOutOfMemoryError", "NetworkFileNotFoundError", "StyleDeckError",
+    "UnsafePickleError", "UnsupportedNetworkError",
     # networks on disk
     "convert_network", "input_transform", "load_checkpoint", "load_network", "network_info", "save_checkpoint",
     # latents

@@ -17,6 +17,10 @@ class CorruptFileError(StyleDeckError):
     """A file that is truncated, of the wrong format, or holds tensors of the wrong shape."""
 
 
+class NetworkFileNotFoundError(StyleDeckError, FileNotFoundError):
+    """The network file does not exist (or is a folder)."""
+
+
 class DeviceOutOfMemoryError(StyleDeckError):
     """The device ran out of memory; the previous state is kept."""
 

@@ -15,20 +15,16 @@ import torch
 from torch import nn
 
 from engine.checkpoint import family_of_module, load_checkpoint, save_checkpoint
-from engine.errors import CorruptFileError, StyleDeckError
+from engine.errors import CorruptFileError, NetworkFileNotFoundError, StyleDeckError
 from engine.jobs import CancelToken, Progress, ProgressCallback
 from engine.network_pickle import (NETWORK_KEYS, build_networks, load_network_pickle, read_network_pickle,
                                    training_info)
 
-__all__ = ["NetworkFileNotFoundError", "convert_network", "file_sha256", "load_network", "network_info",
+__all__ = ["convert_network", "file_sha256", "load_network", "network_info",
            "sniff_format"]
 
 FileFormat = Literal["pickle", "safetensors"]
 _WHAT_WE_OPEN = "StyleDeck opens NVIDIA network pickles (.pkl) and StyleDeck checkpoints (.safetensors)"
-
-
-class NetworkFileNotFoundError(StyleDeckError, FileNotFoundError):
-    """The network file does not exist."""
 
 
 def _check_exists(path: Path) -> None:

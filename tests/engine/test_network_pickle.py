@@ -14,7 +14,8 @@ from torch import nn
 
 from conftest import load_reference, rel_error, state_of
 from engine.errors import CorruptFileError, StyleDeckError, UnsafePickleError, UnsupportedNetworkError
-from engine.loader import NetworkFileNotFoundError, load_network
+from engine.errors import NetworkFileNotFoundError
+from engine.loader import load_network
 from engine.network_pickle import PersistentRecord, load_network_pickle, read_network_pickle
 from engine.networks import discriminator, stylegan2, stylegan3
 from nvidia_pickle import TRAP_ENV, write_nvidia_pickle
