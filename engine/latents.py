@@ -17,6 +17,7 @@ import torch
 
 from engine.checkpoint import family_of_module
 from engine.errors import StyleDeckError
+from engine.networks.layers import truncate
 
 NoiseMode = Literal["const", "random", "none"]
 NOISE_MODES: tuple[str, ...] = ("const", "random", "none")
@@ -179,22 +180,6 @@ def parse_styles(text: str, G: Any) -> list[int]:
 
 # ---------------------------------------------------------------------------------------------
 # Truncation and mixing
-
-def truncate(ws: torch.Tensor, w_avg: torch.Tensor, psi: float, cutoff: int | None = None) -> torch.Tensor:
-    """w_avg + psi (ws - w_avg) on layers [0, cutoff) (all when None); ws [..., num_ws, w_dim].
-
-    Uses the same lerp as NVIDIA's mapping network, so it equals mapping(..., truncation_psi=psi)
-    bit for bit. psi 1 returns ws itself; otherwise a new tensor.
-    """
-    if psi == 1:
-        return ws
-    w_avg = w_avg.to(ws.dtype)
-    if cutoff is None:
-        return w_avg.lerp(ws, psi)
-    out = ws.clone()
-    out[..., :cutoff, :] = w_avg.lerp(ws[..., :cutoff, :], psi)
-    return out
-
 
 def mix_ws(sources_ws: torch.Tensor, weights: torch.Tensor | Sequence[Sequence[float]]) -> torch.Tensor:
     """Per-layer weighted sum of several sources: [S, L, w_dim] x [S, L] -> [1, L, w_dim].

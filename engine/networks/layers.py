@@ -22,6 +22,22 @@ def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> to
     return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
 
 
+def truncate(ws: torch.Tensor, w_avg: torch.Tensor, psi: float, cutoff: int | None = None) -> torch.Tensor:
+    """The truncation trick, w_avg + psi (ws - w_avg), on layers [0, cutoff) (all when None).
+
+    ws [..., num_ws, w_dim]. The one implementation the mapping networks and the editor share, so a
+    truncated latent is bit-identical wherever it is made. psi 1 returns ws itself.
+    """
+    if psi == 1:
+        return ws
+    w_avg = w_avg.to(ws.dtype)
+    if cutoff is None:
+        return w_avg.lerp(ws, psi)
+    out = ws.clone()
+    out[..., :cutoff, :] = w_avg.lerp(ws[..., :cutoff, :], psi)
+    return out
+
+
 class FullyConnectedLayer(nn.Module):
     def __init__(
         self,
@@ -282,11 +298,7 @@ class MappingNetwork(nn.Module):
         if truncation_psi != 1:
             if self.w_avg_beta is None or self.num_ws is None:
                 raise ValueError("truncation needs w_avg, which this mapping network does not track")
-            if truncation_cutoff is None:
-                x = self.w_avg.lerp(x, truncation_psi)
-            else:
-                x = x.clone()
-                x[:, :truncation_cutoff] = self.w_avg.lerp(x[:, :truncation_cutoff], truncation_psi)
+            x = truncate(x, self.w_avg, truncation_psi, truncation_cutoff)
         return x
 
     def extra_repr(self) -> str:

@@ -18,7 +18,7 @@ from torch import nn
 
 import cuda_ops
 from engine.errors import UnsupportedNetworkError
-from engine.networks.layers import FullyConnectedLayer, normalize_2nd_moment
+from engine.networks.layers import FullyConnectedLayer, normalize_2nd_moment, truncate
 
 __all__ = ["Generator", "MappingNetwork", "SynthesisInput", "SynthesisLayer", "SynthesisNetwork",
            "design_lowpass_filter", "input_transform", "kaiser_beta", "modulated_conv2d"]
@@ -170,10 +170,7 @@ class MappingNetwork(nn.Module):
             with torch.no_grad():
                 self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
         x = x.unsqueeze(1).repeat([1, self.num_ws, 1])                   # [N, num_ws, w_dim]
-        if truncation_psi != 1:
-            # Truncation trick: w_avg + psi (w - w_avg) on the layers before the cutoff.
-            x[:, :truncation_cutoff] = self.w_avg.lerp(x[:, :truncation_cutoff], truncation_psi)
-        return x
+        return truncate(x, self.w_avg, truncation_psi, truncation_cutoff)
 
     def extra_repr(self) -> str:
         return f"z_dim={self.z_dim:d}, c_dim={self.c_dim:d}, w_dim={self.w_dim:d}, num_ws={self.num_ws:d}"
