@@ -40,6 +40,16 @@ def state_of(weights: dict[str, np.ndarray], prefix: str) -> dict[str, torch.Ten
     return {k[len(prefix) + 1:]: torch.from_numpy(v) for k, v in weights.items() if k.startswith(prefix + ".")}
 
 
+def perturbed(net: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Every float parameter and buffer nudged, so that a weight loaded from the wrong place shows."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for t in net.state_dict().values():
+            if t.is_floating_point():
+                t.add_(torch.randn(t.shape, generator=gen) * 0.1)
+    return net
+
+
 def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA device; none found")

@@ -10,21 +10,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from conftest import load_reference, rel_error, state_of
+from conftest import load_reference, perturbed, rel_error, state_of
 from engine.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint
 from engine.errors import CorruptFileError, UnsupportedNetworkError
 from engine.loader import convert_network, file_sha256, load_network, network_info, sniff_format
 from engine.networks import discriminator, stylegan2, stylegan3
 from nvidia_pickle import write_nvidia_pickle
-
-
-def perturbed(net: nn.Module, seed: int) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for t in net.state_dict().values():
-            if t.is_floating_point():
-                t.add_(torch.randn(t.shape, generator=gen) * 0.1)
-    return net.eval()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import load_reference, rel_error, state_of
+from conftest import load_reference, perturbed, rel_error, state_of
 from engine.errors import CorruptFileError, StyleDeckError, UnsafePickleError, UnsupportedNetworkError
 from engine.errors import NetworkFileNotFoundError
 from engine.loader import load_network
@@ -41,16 +41,6 @@ def tiny_d(c_dim: int = 0, num_fp16_res: int = 0) -> nn.Module:
     return discriminator.Discriminator(c_dim=c_dim, img_resolution=16, img_channels=3, channel_base=128,
                                        channel_max=16, num_fp16_res=num_fp16_res,
                                        epilogue_kwargs=dict(mbstd_group_size=2)).eval()
-
-
-def perturbed(net: nn.Module, seed: int) -> nn.Module:
-    """Every parameter and buffer nudged, so that a weight loaded from the wrong place shows."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for t in net.state_dict().values():
-            if t.is_floating_point():
-                t.add_(torch.randn(t.shape, generator=gen) * 0.1)
-    return net
 
 
 @pytest.fixture(autouse=True)
