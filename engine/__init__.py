@@ -4,8 +4,6 @@ The app and scripts use the names in `__all__`; they get numpy arrays, frozen da
 the typed errors of `engine.errors` back.
 """
 from engine.checkpoint import load_checkpoint, save_checkpoint
-from engine.downloads import (KNOWN_NETWORKS, DownloadError, KnownNetwork, cache_dir, cached_path,
-                              download_network, find_known_network)
 from engine.errors import (Cancelled, CorruptFileError, DeviceOutOfMemoryError, NetworkFileNotFoundError,
                            StyleDeckError, UnsafePickleError, UnsupportedNetworkError)
 from engine.images import image_grid, save_png, to_images, to_rgb, to_uint8
@@ -28,9 +26,6 @@ __all__ = [
     "parse_range_list", "parse_styles", "seed_to_z", "set_mix_weight", "truncate", "ws_resolutions",
     # images
     "image_grid", "save_png", "to_images", "to_rgb", "to_uint8",
-    # published networks
-    "KNOWN_NETWORKS", "DownloadError", "KnownNetwork", "cache_dir", "cached_path", "download_network",
-    "find_known_network",
     # jobs
     "CancelToken", "Progress", "ProgressCallback", "atomic_write",
 ]
