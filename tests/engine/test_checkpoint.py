@@ -10,7 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from conftest import load_reference, perturbed, rel_error, state_of
+from reference_data import load_reference, perturbed, rel_error, state_of
 from engine.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint
 from engine.errors import CorruptFileError, UnsupportedNetworkError
 from engine.loader import convert_network, file_sha256, load_network, network_info, sniff_format

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import load_reference, perturbed, rel_error, state_of
+from reference_data import load_reference, perturbed, rel_error, state_of
 from engine.errors import CorruptFileError, StyleDeckError, UnsafePickleError, UnsupportedNetworkError
 from engine.errors import NetworkFileNotFoundError
 from engine.loader import load_network

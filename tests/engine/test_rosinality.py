@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import load_reference, rel_error, state_of
+from reference_data import load_reference, rel_error, state_of
 from engine.errors import UnsupportedNetworkError
 from engine.networks import discriminator, stylegan2, stylegan3
 from engine.rosinality import export_rosinality, to_rosinality

@@ -7,7 +7,7 @@ import torch
 
 from engine.networks.discriminator import Discriminator
 from engine.networks.stylegan2 import Generator
-from conftest import load_reference, rel_error, state_of
+from reference_data import load_reference, rel_error, state_of
 
 TOL = 1e-4  # README: float32 arithmetic lands far under this
 

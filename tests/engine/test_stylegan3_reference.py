@@ -7,7 +7,7 @@ import torch
 
 from engine.errors import UnsupportedNetworkError
 from engine.networks.stylegan3 import Generator, input_transform
-from conftest import load_reference, rel_error, state_of
+from reference_data import load_reference, rel_error, state_of
 
 TOL = 1e-4  # float32 arithmetic lands near 1e-7; the reference README allows 1e-4
 
