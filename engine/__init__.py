@@ -4,6 +4,10 @@ The app and scripts use the names in `__all__`; they get numpy arrays, frozen da
 the typed errors of `engine.errors` back.
 """
 from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.edit_state import (EditState, from_json, group_amount, initial_state, load_session, save_session,
+                               set_group_amount, to_json, with_base, with_source, without_source)
+from engine.downloads import (KNOWN_NETWORKS, DownloadError, KnownNetwork, cache_dir, cached_path,
+                              download_network, find_known_network)
 from engine.errors import (Cancelled, CorruptFileError, DeviceOutOfMemoryError, NetworkFileNotFoundError,
                            StyleDeckError, UnsafePickleError, UnsupportedNetworkError)
 from engine.images import image_grid, save_png, to_images, to_rgb, to_uint8
@@ -13,6 +17,8 @@ from engine.latents import (GROUP_NAMES, NOISE_MODES, LatentCache, LayerGroup, N
                             parse_range_list, parse_styles, seed_to_z, set_mix_weight, truncate, ws_resolutions)
 from engine.loader import convert_network, load_network, network_info
 from engine.networks.stylegan3 import input_transform
+from engine.recipe import read_image_recipe, recipe_sidecar, save_image
+from engine.renderer import RenderResult, Renderer
 
 __all__ = [
     # errors
@@ -28,4 +34,12 @@ __all__ = [
     "image_grid", "save_png", "to_images", "to_rgb", "to_uint8",
     # jobs
     "CancelToken", "Progress", "ProgressCallback", "atomic_write",
+    # editing state and sessions
+    "EditState", "from_json", "group_amount", "initial_state", "load_session", "save_session", "set_group_amount",
+    "to_json", "with_base", "with_source", "without_source",
+    # rendering and saved images
+    "RenderResult", "Renderer", "read_image_recipe", "recipe_sidecar", "save_image",
+    # published networks
+    "KNOWN_NETWORKS", "DownloadError", "KnownNetwork", "cache_dir", "cached_path", "download_network",
+    "find_known_network",
 ]
