@@ -23,7 +23,7 @@ from engine.latents import layer_groups, seed_to_z
 from engine.loader import load_network
 from engine.networks import stylegan2, stylegan3
 from engine.networks.stylegan3 import input_transform
-from tests.conftest import load_reference, state_of
+from reference_data import load_reference, state_of
 from tests.nvidia_pickle import write_network_pickle
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,8 +90,8 @@ def read(path: Path) -> np.ndarray:
 
 # --- help ----------------------------------------------------------------------------------------
 
-def test_no_command_prints_help(tmp_path):
-    out = ok(run(cwd=tmp_path))
+def test_help_lists_the_commands(tmp_path):
+    out = ok(run("--help", cwd=tmp_path))
     for command in ("info", "generate", "mix", "convert"):
         assert command in out
 

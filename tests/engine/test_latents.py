@@ -11,7 +11,7 @@ from engine.latents import (LatentCache, LayerGroup, Source, base_mix, class_to_
                             mix_ws, parse_range_list, parse_styles, seed_to_z, set_mix_weight, truncate,
                             ws_resolutions)
 from engine.networks import stylegan2, stylegan3
-from tests.conftest import load_reference, rel_error, state_of
+from reference_data import load_reference, rel_error, state_of
 
 
 def _perturb_w_avg(G: torch.nn.Module) -> torch.nn.Module:
