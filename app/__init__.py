@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -34,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _has_display() -> bool:
+    """Whether Qt can open a window: a display server, or a platform chosen explicitly."""
+    return bool(os.environ.get("QT_QPA_PLATFORM") or os.environ.get("DISPLAY")
+                or os.environ.get("WAYLAND_DISPLAY") or sys.platform in ("win32", "darwin"))
+
+
 def run_app(argv: Sequence[str], default_network: Callable[[], Path] | None = None,
             resolve_device: Callable[[str], object] | None = None) -> int:
     """Open the window; returns the exit status. `default_network` finds the network to open
@@ -41,6 +48,13 @@ def run_app(argv: Sequence[str], default_network: Callable[[], Path] | None = No
     (main.py passes engine.cli's; without it 'auto' means the CPU, as the app never imports torch)."""
     args = build_parser().parse_args(list(argv))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    if not _has_display():
+        if not args.screenshot:
+            print("error: no display to open the window on (DISPLAY and WAYLAND_DISPLAY are not set). Run it on "
+                  "a desktop, or under a virtual one (xvfb-run python main.py); `python main.py --help` lists "
+                  "the commands that need no window.", file=sys.stderr)
+            return 1
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"  # a screenshot needs no screen
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
