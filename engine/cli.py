@@ -281,6 +281,147 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# finetune (the training loop; engine/training/loop.py)
+
+def _flag(text: str) -> bool:
+    """NVIDIA's boolean option syntax: --mirror=1, --mirror true, or a bare --mirror."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected 1/0, true/false or yes/no; got {text!r}")
+
+
+def torchrun_command(argv: Sequence[str], gpus: int) -> str:
+    """The command line that runs this finetune on `gpus` processes under torchrun."""
+    import shlex
+    return " ".join(["torchrun", "--standalone", f"--nproc_per_node={gpus}", "main.py", "finetune",
+                     *map(shlex.quote, argv)])
+
+
+def finetune_options(args: argparse.Namespace):
+    """TrainOptions from the parsed flags: a flag not given keeps the dataclass default."""
+    from dataclasses import fields
+
+    from engine.training.loop import TrainOptions
+    given = {f.name: getattr(args, f.name) for f in fields(TrainOptions) if getattr(args, f.name, None) is not None}
+    if args.snap is not None:  # NVIDIA counts --snap in ticks; the engine wants kimg
+        given["snap"] = args.snap * (args.tick if args.tick is not None else TrainOptions.tick)
+    return TrainOptions(**given)
+
+
+_FINETUNE_FLAGS = ("outdir", "data", "cfg", "batch", "gamma", "kimg", "tick", "snap", "mirror", "aug", "p", "target",
+                   "resume", "glr", "dlr", "cbase", "cmax", "map", "mbstd_group", "freezed", "cond", "resolution",
+                   "fit", "seed", "device")
+
+
+def _finetune_argv(args: argparse.Namespace) -> list[str]:
+    """The finetune flags that were given, as a command line (without --gpus)."""
+    argv = []
+    for dest in _FINETUNE_FLAGS:
+        value = getattr(args, dest, None)
+        if value is not None:
+            if isinstance(value, bool):
+                value = int(value)
+            argv += [f"--{dest.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]
+    if args.cache is False:
+        argv.append("--no-cache")
+    return argv
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from engine.training.loop import train
+    opts = finetune_options(args)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if args.gpus > 1 and world == 1:
+        argv = _finetune_argv(args)
+        print(f"--gpus {args.gpus} runs one process per GPU through torch.distributed; start it with:\n\n  "
+              f"{torchrun_command(argv, args.gpus)}\n", file=sys.stderr)
+        return 2
+    if world > 1 and args.gpus not in (1, world):
+        log.warning("--gpus %d, but torchrun started %d processes; using %d", args.gpus, world, world)
+    rank0 = int(os.environ.get("RANK", 0)) == 0
+    total = int(round(opts.kimg * 1000))
+    with tqdm(total=total, desc="training", unit="img", file=sys.stderr, dynamic_ncols=True,
+              disable=not rank0, unit_scale=True) as bar:
+        def show(event: Progress) -> None:
+            bar.update(max(event.step - bar.n, 0))
+            bar.set_postfix_str(event.message, refresh=False)
+            if event.metrics:
+                m = event.metrics
+                parts = [f"kimg {m.get('kimg', 0):.3f}", f"{m.get('s_per_kimg', 0):.1f} s/kimg",
+                         *(f"{k} {m[k]:.3f}" for k in ("loss/G", "loss/D", "loss/r1", "loss/pl", "aug_p") if k in m)]
+                if m.get("gpu_mem_gb"):
+                    parts.append(f"gpumem {m['gpu_mem_gb']:.2f} GB")
+                bar.write("  ".join(parts))
+        result = train(opts, progress=show)
+    if rank0:
+        for note in result.notes:
+            print(f"note: {note}", file=sys.stderr)
+        print(f"trained to {result.kimg:.3f} kimg; last snapshot: {result.snapshot}")
+    return 0
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="fine-tune a network on an image folder (like NVIDIA's train.py)",
+                       description="Fine-tune a network on a folder or dataset zip, or train one from scratch. "
+                                   "Options mean what they mean in NVIDIA's train.py (except that --kimg takes "
+                                   "fractions); several GPUs: run it under torchrun --nproc_per_node=N.")
+    p.add_argument("--outdir", required=True, help="folder for snapshots and sample grids")
+    p.add_argument("--data", required=True, help="image folder (searched recursively) or dataset zip")
+    p.add_argument("--cfg", choices=("stylegan2", "stylegan3-t", "stylegan3-r"),
+                   help="architecture when training from scratch (default stylegan2); a --resume network keeps its own")
+    p.add_argument("--gpus", type=int, default=1, help="number of GPUs (processes under torchrun; default 1)")
+    p.add_argument("--batch", type=int, help="total batch size (default 32)")
+    p.add_argument("--gamma", type=float, help="R1 weight (default: 0.0002 * resolution^2 / batch)")
+    p.add_argument("--kimg", type=float,
+                   help="train until this many thousand images, fractions allowed (default 25000)")
+    p.add_argument("--tick", type=float, help="kimg between progress lines (default 4)")
+    p.add_argument("--snap", type=float, help="ticks between snapshots, as NVIDIA (default 50, i.e. 200 kimg)")
+    p.add_argument("--mirror", type=_flag, nargs="?", const=True, help="add x-flipped images (--mirror=1)")
+    p.add_argument("--aug", choices=("ada", "noaug", "fixed"), help="augmentation (default ada)")
+    p.add_argument("--p", type=float, help="augmentation probability for --aug fixed (default 0.2)")
+    p.add_argument("--target", type=float, help="ADA target for the sign of D(real) (default 0.6)")
+    p.add_argument("--resume", help="network to fine-tune (.pkl/.safetensors), a run folder, or 'latest' "
+                                    "(the newest snapshot in --outdir); default: train from scratch")
+    p.add_argument("--glr", type=float, help="G learning rate (default 0.002 StyleGAN2, 0.0025 StyleGAN3)")
+    p.add_argument("--dlr", type=float, help="D learning rate (default 0.002)")
+    p.add_argument("--cbase", type=int, help="channel base, scratch networks and a fresh D (default 32768)")
+    p.add_argument("--cmax", type=int, help="maximum channels (default 512)")
+    p.add_argument("--map", type=int, help="mapping layers from scratch (default 2; 8 for StyleGAN2 at 512 px+)")
+    p.add_argument("--mbstd-group", dest="mbstd_group", type=int, help="minibatch-stddev group size (default 4)")
+    p.add_argument("--freezed", type=int, help="freeze this many of D's first layers (default 0)")
+    p.add_argument("--cond", type=_flag, nargs="?", const=True, help="scratch: conditional on dataset.json labels")
+    p.add_argument("--resolution", type=int, help="output size when training from scratch")
+    p.add_argument("--fit", choices=("crop", "pad"), help="make images square by centre crop or padding (default crop)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--device", help="auto (CUDA when available; default), cpu, cuda or cuda:N")
+    p.add_argument("--no-cache", dest="cache", action="store_const", const=False,
+                   help="do not cache the prepared images")
+    p.set_defaults(func=cmd_finetune)
+
+
+# ---------------------------------------------------------------------------------------------
+# blend (model blending; engine/blending.py)
+
+def cmd_blend(args: argparse.Namespace) -> int:
+    from engine.blending import blend_files
+
+    output = Path(args.output)
+    if output.suffix != ".safetensors":
+        raise StyleDeckError(f"--output {output} must end in .safetensors (a StyleDeck checkpoint).")
+    if output.resolve() in (Path(args.base).resolve(), Path(args.tuned).resolve()):
+        raise StyleDeckError(f"--output {output} is one of the inputs; choose another name.")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    result = blend_files(args.base, args.tuned, output, split=args.split, width=args.width)
+    print("tuned share per block (0 = base, 1 = tuned):")
+    print("  " + "  ".join(f"{name} {t:.2f}" for name, t in zip(result.blocks, result.weights)))
+    print(f"wrote {result.path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # Parser and entry point
 
 def _add_network(p: argparse.ArgumentParser, device: bool = True) -> None:
@@ -348,6 +489,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("native", "rosinality"), default="native",
                    help="native (.safetensors, default) or rosinality (.pt, StyleGAN2 only)")
     p.set_defaults(func=cmd_convert)
+
+    _add_finetune(sub)
+
+    p = sub.add_parser("blend", help="blend a fine-tuned network with its base, coarse layers from the base",
+                       description="Make a network whose coarse layers come from the base and fine layers from "
+                                   "the tuned network, with a smooth transition; writes a StyleDeck checkpoint.")
+    p.add_argument("--base", required=True, metavar="PATH", help="the network the tuned one started from")
+    p.add_argument("--tuned", required=True, metavar="PATH", help="the fine-tuned network")
+    p.add_argument("--split", type=float, default=0.5,
+                   help="share of the blocks, coarse first, taken from the base: 0 all tuned, 1 all base "
+                        "(default 0.5)")
+    p.add_argument("--width", type=float, default=0.1,
+                   help="width of the transition around the split, as a share of the blocks (default 0.1; "
+                        "0 switches at once)")
+    p.add_argument("--output", required=True, metavar="PATH", help="checkpoint to write (.safetensors)")
+    p.set_defaults(func=cmd_blend)
     return parser
 
 
