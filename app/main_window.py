@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (QDockWidget, QFileDialog, QLabel, QMainWindow, QM
 import engine
 from app.canvas import ImageCanvas
 from app.job_runner import JobRunner
+from app.panels.finetune import FinetunePanel
 from app.panels.mixing import MixingPanel
 from app.panels.model import ModelPanel
 from app.panels.noise import NoisePanel
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 NETWORK_SUFFIXES = (".pkl", ".safetensors")
 SESSION_SUFFIX = ".styledeck.json"
+FINETUNE_DOCK_WIDTH = 460
 
 
 @dataclass
@@ -62,7 +64,7 @@ def _device(name: str) -> str:
 
 class MainWindow(QMainWindow):
     """StyleDeck's editing window. Attributes tests use: session, render_controller, canvas, source_strip,
-    mixing_panel, truncation_panel, noise_panel, model_panel, docks, error_box, last_error."""
+    mixing_panel, truncation_panel, noise_panel, model_panel, finetune_panel, docks, error_box, last_error."""
 
     def __init__(self, model_path: str | None = None, device: str = "cpu"):
         super().__init__()
@@ -102,16 +104,27 @@ class MainWindow(QMainWindow):
         self.truncation_panel = TruncationPanel(self.session)
         self.noise_panel = NoisePanel(self.session)
         self.model_panel = ModelPanel(self)
+        self.finetune_panel = FinetunePanel(device=device, editor_network=lambda: self.network_path,
+                                            editor_state=lambda: self.session.state)
         self.panels = (self.mixing_panel, self.truncation_panel, self.noise_panel)
         self.docks: dict[str, QDockWidget] = {}
         self._add_dock("model", "Model", self.model_panel, Qt.LeftDockWidgetArea)
         self._add_dock("mixing", "Mixing", self.mixing_panel, Qt.RightDockWidgetArea)
         self._add_dock("truncation", "Truncation", self.truncation_panel, Qt.RightDockWidgetArea)
         self._add_dock("noise", "Noise && transform", self.noise_panel, Qt.RightDockWidgetArea)
+        # a tall panel: a tab beside Model in the full-height left column; View > Fine-tune shows it
+        self._add_dock("finetune", "Fine-tune", self.finetune_panel, Qt.LeftDockWidgetArea)
+        self.tabifyDockWidget(self.docks["model"], self.docks["finetune"])
+        self.docks["finetune"].hide()
+        self.docks["finetune"].visibilityChanged.connect(self._finetune_shown)
+        self.docks["finetune"].toggleViewAction().triggered.connect(
+            lambda checked: checked and self.show_panel("finetune"))  # shown from the menu: its tab comes up
         self.resizeDocks([self.docks["model"]], [320], Qt.Horizontal)
         self.resizeDocks([self.docks["mixing"]], [380], Qt.Horizontal)
         self.model_panel.open_requested.connect(self.open_network)
         self.mixing_panel.grid_requested.connect(self._grid_requested)
+        self.finetune_panel.load_requested.connect(self.open_network)
+        self.finetune_panel.message.connect(lambda text: self.statusBar().showMessage(text, 10000))
 
         self._build_menus()
         self.render_label = QLabel("no image yet")
@@ -137,10 +150,14 @@ class MainWindow(QMainWindow):
         return dock
 
     def show_panel(self, key: str) -> None:
-        """Make dock `key` (mixing, truncation, noise, model) visible and raised."""
+        """Make dock `key` (mixing, truncation, noise, model, finetune) visible and raised."""
         dock = self.docks[key]
         dock.show()
         dock.raise_()
+
+    def _finetune_shown(self, visible: bool) -> None:
+        if visible and self.docks["finetune"].width() < FINETUNE_DOCK_WIDTH:  # its plots need the room
+            self.resizeDocks([self.docks["finetune"]], [FINETUNE_DOCK_WIDTH], Qt.Horizontal)
 
     def _build_menus(self) -> None:
         bar = self.menuBar()
@@ -215,6 +232,7 @@ class MainWindow(QMainWindow):
             panel.set_groups(self.groups, num_ws, renderer.family)
         self.model_panel.set_info(loaded.info)
         self.model_panel.add_recent(loaded.path)
+        self.finetune_panel.set_editor_network(loaded.path)
         self.setWindowTitle(f"StyleDeck — {Path(loaded.path).name}")
         self.statusBar().showMessage(f"Opened {Path(loaded.path).name}", 5000)
         self.session.reset(state)  # -> changed -> the controller renders it
@@ -393,6 +411,9 @@ class MainWindow(QMainWindow):
         return None
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
+        if self.finetune_panel.shutdown():
+            self.statusBar().showMessage("Fine-tuning was stopped because the window closed; its snapshots "
+                                         "are kept.")
         if self.loader.running:
             self.loader.cancel()
             self.loader.wait()

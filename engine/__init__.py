@@ -19,6 +19,10 @@ from engine.loader import convert_network, load_network, network_info
 from engine.networks.stylegan3 import input_transform
 from engine.recipe import read_image_recipe, recipe_sidecar, save_image
 from engine.renderer import RenderResult, Renderer
+# fine-tuning
+from engine.blending import BlendPreview, BlendResult, blend_block_names, blend_files, blend_networks, blend_schedule
+from engine.training import (DatasetReport, Failed, FinetuneProcess, Finished, Progressed, SnapshotWritten, Started,
+                             Stopped, TrainOptions, TrainResult, latest_snapshot, start_finetune)
 
 __all__ = [
     # errors
@@ -42,4 +46,8 @@ __all__ = [
     # published networks
     "KNOWN_NETWORKS", "DownloadError", "KnownNetwork", "cache_dir", "cached_path", "download_network",
     "find_known_network",
+    # fine-tuning
+    "BlendPreview", "BlendResult", "DatasetReport", "Failed", "FinetuneProcess", "Finished", "Progressed",
+    "SnapshotWritten", "Started", "Stopped", "TrainOptions", "TrainResult", "blend_block_names", "blend_files",
+    "blend_networks", "blend_schedule", "latest_snapshot", "start_finetune",
 ]
