@@ -52,7 +52,7 @@ from engine.networks import discriminator, stylegan2, stylegan3
 from engine.training import snapshot as snapshots
 from engine.training.augment import AdaController, AugmentPipe, augment_preset
 from engine.training.dataset import DatasetOptions, ImageDataset
-from engine.training.loss import StyleGANLoss
+from engine.training.loss import StyleGANLoss, preset_loss_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,9 @@ __all__ = ["TrainOptions", "TrainResult", "default_grid", "ema_beta", "fresh_dis
 
 Config = Literal["stylegan2", "stylegan3-t", "stylegan3-r"]
 _RUNNING = re.compile(r"(^|\.)[^.]+_(avg|ema)$")   # NVIDIA's names of running averages: w_avg, magnitude_ema
+
+
+DATASET_MESSAGE = "images: "  # the progress message that carries the dataset report, once per run
 
 
 @dataclass(frozen=True)
@@ -441,6 +444,7 @@ class _Run:
         ds = ImageDataset(DatasetOptions(path=opts.data, resolution=resolution, fit=opts.fit, xflip=opts.mirror,
                                          use_labels=use_labels, cache=opts.cache, channels=channels),
                           progress=relay, cancel=self.cancel)
+        self.report(f"{DATASET_MESSAGE}{ds.report.summary()}")
         if ds.report.skipped and self.rank0:
             self.notes.append(f"{len(ds.report.skipped)} file(s) skipped, e.g. {ds.report.skipped[0][0]}: "
                               f"{ds.report.skipped[0][1]}")
@@ -472,13 +476,11 @@ class _Run:
         sg2 = nets.family == "stylegan2"
         gamma = opts.gamma if opts.gamma is not None else 0.0002 * nets.G.img_resolution ** 2 / opts.batch
         self.gamma = gamma
-        # NVIDIA's StyleGAN3-R config blurs images at the start of training; only for scratch runs,
-        # since blurring a trained network's inputs would throw away what it knows.
-        blur = nets.scratch and nets.radial
-        self.loss = StyleGANLoss(nets.G, nets.D, augment_pipe=self.pipe, r1_gamma=gamma,
-                                 style_mixing_prob=0.9 if sg2 else 0.0, pl_weight=2 if sg2 else 0,
-                                 pl_no_weight_grad=sg2, blur_init_sigma=10 if blur else 0,
-                                 blur_fade_kimg=opts.batch * 200 / 32 if blur else 0)
+        loss_kwargs = preset_loss_kwargs("stylegan2" if sg2 else "stylegan3-r" if nets.radial else "stylegan3-t",
+                                         opts.batch)
+        if not nets.scratch:  # the early blur of SG3-R: blurring a trained network's inputs throws away what it knows
+            loss_kwargs.update(blur_init_sigma=0, blur_fade_kimg=0)
+        self.loss = StyleGANLoss(nets.G, nets.D, augment_pipe=self.pipe, r1_gamma=gamma, **loss_kwargs)
         self.ema_kimg = opts.ema_kimg if opts.ema_kimg is not None else opts.batch * 10 / 32
         self.order = DataOrder(len(self.dataset), opts.seed)
 

@@ -31,11 +31,13 @@ PHASES = ("Gmain", "Greg", "Gboth", "Dmain", "Dreg", "Dboth")
 
 
 def preset_loss_kwargs(cfg: str, batch_size: int) -> dict[str, Any]:
-    """NVIDIA train.py's loss settings per --cfg: SG2 has style mixing and path length, SG3 neither
-    (and blurs D's inputs early in training from scratch)."""
+    """NVIDIA train.py's loss settings per --cfg: SG2 has style mixing and path length, SG3 neither;
+    SG3-R also blurs D's inputs early in training (fading out over 200 kimg at batch 32)."""
     if cfg == "stylegan2":
         return dict(style_mixing_prob=0.9, pl_weight=2, pl_no_weight_grad=True)
-    if cfg in ("stylegan3-t", "stylegan3-r"):
+    if cfg == "stylegan3-t":
+        return dict(style_mixing_prob=0, pl_weight=0)
+    if cfg == "stylegan3-r":
         return dict(style_mixing_prob=0, pl_weight=0, blur_init_sigma=10, blur_fade_kimg=batch_size * 200 / 32)
     raise ValueError(f"unknown cfg {cfg!r}; expected 'stylegan2', 'stylegan3-t' or 'stylegan3-r'")
 

@@ -374,7 +374,8 @@ def test_blur_fades_out_and_preserves_flat_images():
 
 def test_preset_loss_kwargs_follow_nvidia_train_py():
     assert preset_loss_kwargs("stylegan2", 32) == dict(style_mixing_prob=0.9, pl_weight=2, pl_no_weight_grad=True)
-    assert preset_loss_kwargs("stylegan3-t", 64)["blur_fade_kimg"] == 400
+    assert preset_loss_kwargs("stylegan3-r", 64)["blur_fade_kimg"] == 400
+    assert "blur_init_sigma" not in preset_loss_kwargs("stylegan3-t", 64)  # NVIDIA blurs for R only
     assert preset_loss_kwargs("stylegan3-r", 32)["pl_weight"] == 0
     with pytest.raises(ValueError):
         preset_loss_kwargs("stylegan1", 32)
