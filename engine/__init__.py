@@ -21,8 +21,9 @@ from engine.recipe import read_image_recipe, recipe_sidecar, save_image
 from engine.renderer import RenderResult, Renderer
 # fine-tuning
 from engine.blending import BlendPreview, BlendResult, blend_block_names, blend_files, blend_networks, blend_schedule
-from engine.training import (DatasetReport, Failed, FinetuneProcess, Finished, Progressed, SnapshotWritten, Started,
-                             Stopped, TrainOptions, TrainResult, latest_snapshot, start_finetune)
+from engine.training import (DATASET_MESSAGE, DatasetReport, Failed, FinetuneProcess, Finished, Progressed,
+                             SnapshotWritten, Started, Stopped, TrainOptions, TrainResult, latest_snapshot,
+                             start_finetune)
 
 __all__ = [
     # errors
@@ -48,6 +49,6 @@ __all__ = [
     "find_known_network",
     # fine-tuning
     "BlendPreview", "BlendResult", "DatasetReport", "Failed", "FinetuneProcess", "Finished", "Progressed",
-    "SnapshotWritten", "Started", "Stopped", "TrainOptions", "TrainResult", "blend_block_names", "blend_files",
+    "DATASET_MESSAGE", "SnapshotWritten", "Started", "Stopped", "TrainOptions", "TrainResult", "blend_block_names", "blend_files",
     "blend_networks", "blend_schedule", "latest_snapshot", "start_finetune",
 ]

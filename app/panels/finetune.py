@@ -571,6 +571,8 @@ class FinetunePanel(QWidget):
             mem_text = f" · GPU {mem:.1f} GB" if mem else ""
             self.eta_label.setText(f"{kimg:.3f} / {total:g} kimg{rate_text}{mem_text} · "
                                    f"ETA {format_eta(metrics.get('eta_s'))}")
+        elif progress.message.startswith(engine.DATASET_MESSAGE):
+            self.status_label.setText(progress.message[0].upper() + progress.message[1:] + ".")
         elif progress.message and not self._series and not (self.process is not None and self.process.paused):
             # loading, preparing images, ...; once ticks come, the line keeps their rate and ETA
             self.eta_label.setText(progress.message)

@@ -8,7 +8,7 @@ app; the dataset, augmentation and loss modules are its parts, importable for te
 """
 from engine.training.augment import AdaController, AugmentPipe, augment_preset
 from engine.training.dataset import DatasetError, DatasetOptions, DatasetReport, ImageDataset
-from engine.training.loop import TrainOptions, TrainResult, ema_beta, state_hash, train, update_ema
+from engine.training.loop import DATASET_MESSAGE, TrainOptions, TrainResult, ema_beta, state_hash, train, update_ema
 from engine.training.loss import StyleGANLoss
 from engine.training.process import (Failed, FinetuneProcess, Finished, Progressed, SnapshotWritten, Started,
                                      Stopped, start_finetune)
@@ -20,7 +20,7 @@ __all__ = [
     # augmentation and loss
     "AdaController", "AugmentPipe", "StyleGANLoss", "augment_preset",
     # the loop and its snapshots
-    "Snapshot", "TrainOptions", "TrainResult", "ema_beta", "find_snapshots", "latest_snapshot", "state_hash",
+    "DATASET_MESSAGE", "Snapshot", "TrainOptions", "TrainResult", "ema_beta", "find_snapshots", "latest_snapshot", "state_hash",
     "train", "update_ema",
     # the worker process
     "Failed", "FinetuneProcess", "Finished", "Progressed", "SnapshotWritten", "Started", "Stopped",

@@ -38,6 +38,7 @@ from typing import Any, Callable
 
 from engine.errors import Cancelled, StyleDeckError
 from engine.jobs import CancelToken, Progress
+from engine.training.loop import DATASET_MESSAGE
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +119,14 @@ class _Reporter:
 
     def progress(self, progress: Progress) -> None:
         """train()'s progress callback: at most one event per interval; the others are held back, the
-        newest replacing the older, and sent when due. A final or preview-carrying event goes at once."""
+        newest replacing the older, and sent when due. A final or preview-carrying event, and the
+        once-per-run dataset report, go at once."""
         with self._lock:
             self._check_snapshots()
             now = time.monotonic()
             final = progress.total > 0 and progress.step >= progress.total
-            if final or progress.preview is not None or now - self._last_sent >= self._interval:
+            once = progress.message.startswith(DATASET_MESSAGE)
+            if final or once or progress.preview is not None or now - self._last_sent >= self._interval:
                 self._send(progress, now)
             else:
                 if progress.metrics is None and self._pending is not None and self._pending.metrics is not None:

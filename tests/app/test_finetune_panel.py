@@ -126,6 +126,7 @@ def test_finetune_from_the_panel_then_load_and_blend(qtbot, open_window, tiny_ba
     qtbot.waitUntil(lambda: panel.grid_image is not None, timeout=RUN_TIMEOUT_MS)
     assert panel.grid_image.dtype == np.uint8 and panel.grid_image.shape[2] == 3
     assert not panel.grid_label.pixmap().isNull()
+    assert "1 skipped" in panel.status_label.text() and "broken.png" in panel.status_label.text()  # while running
 
     panel.pause_button.click()
     assert panel.process.paused and panel.pause_button.text() == "Resume"
