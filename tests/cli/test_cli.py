@@ -24,26 +24,8 @@ from engine.loader import load_network
 from engine.networks import stylegan2, stylegan3
 from engine.networks.stylegan3 import input_transform
 from reference_data import load_reference, state_of
+from run_main import ROOT, failed, ok, run
 from tests.nvidia_pickle import write_network_pickle
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "STYLEDECK_MODELS": str(cwd / "no-models")}  # never the repository's models/
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
-def ok(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    return result.stdout
-
-
-def failed(result: subprocess.CompletedProcess, code: int = 1) -> str:
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    return result.stderr
 
 
 def _w_avg(G: torch.nn.Module) -> torch.nn.Module:

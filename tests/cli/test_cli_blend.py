@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -19,20 +16,8 @@ from engine.latents import seed_to_z
 from engine.loader import file_sha256, load_network
 from engine.networks import stylegan2, stylegan3
 from reference_data import perturbed
+from run_main import ok, run
 from tests.nvidia_pickle import write_network_pickle
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "STYLEDECK_MODELS": str(cwd / "no-models")}  # never the repository's models/
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
-def ok(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    return result.stdout
 
 
 @pytest.fixture(scope="module")
