@@ -6,6 +6,7 @@ calls; all three see the same `Progress` values and stop it through the same `Ca
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import threading
@@ -14,7 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol
 
-from engine.errors import Cancelled
+import torch
+
+from engine.errors import Cancelled, DeviceOutOfMemoryError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -87,3 +92,18 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def translate_oom(doing: str, advice: str) -> Iterator[None]:
+    """CUDA out-of-memory inside the block becomes a DeviceOutOfMemoryError that says what to try.
+
+    What the failed work reserved is given back first, so the model and image from before stay usable.
+    """
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as exc:
+        log.warning("out of device memory while %s: %s", doing, exc)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise DeviceOutOfMemoryError(f"The GPU ran out of memory while {doing}. {advice}") from exc

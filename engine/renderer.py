@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Literal, Sequence
+from typing import ContextManager, Literal, Sequence
 
 import numpy as np
 import torch
@@ -19,8 +18,9 @@ from torch import nn
 import cuda_ops
 
 from engine.edit_state import EditState
-from engine.errors import DeviceOutOfMemoryError, StyleDeckError
+from engine.errors import StyleDeckError
 from engine.images import image_grid, to_rgb, to_uint8
+from engine.jobs import translate_oom
 from engine.latents import (G_device, LatentCache, LayerGroup, Source, check_noise_mode, compose_ws, layer_groups,
                             network_family)
 from engine.networks.stylegan3 import input_transform
@@ -50,17 +50,8 @@ def preview_resolution(img_resolution: int) -> int:
     return res
 
 
-@contextmanager
-def _translate_oom() -> Iterator[None]:
-    """CUDA out of memory -> DeviceOutOfMemoryError; the caller's previous image and model stay."""
-    try:
-        yield
-    except torch.cuda.OutOfMemoryError as exc:
-        log.warning("render ran out of device memory: %s", exc)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()  # give back what the failed render reserved
-        raise DeviceOutOfMemoryError("The GPU ran out of memory while rendering. Close other programs that use "
-                                     "the GPU, or open the network on the CPU.") from exc
+def _translate_oom() -> ContextManager[None]:
+    return translate_oom("rendering", "Close other programs that use the GPU, or open the network on the CPU.")
 
 
 def _pick_generator(networks: dict[str, nn.Module] | nn.Module) -> nn.Module:

@@ -36,7 +36,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, ContextManager, Literal, Mapping
 
 import numpy as np
 import torch
@@ -44,9 +44,9 @@ import torch.distributed as dist
 from torch import nn
 
 from engine.checkpoint import family_of_module, read_checkpoint_metadata, save_checkpoint
-from engine.errors import Cancelled, DeviceOutOfMemoryError, StyleDeckError
+from engine.errors import Cancelled, StyleDeckError
 from engine.images import image_grid, save_png, to_rgb, to_uint8
-from engine.jobs import CancelToken, Progress, ProgressCallback
+from engine.jobs import CancelToken, Progress, ProgressCallback, translate_oom
 from engine.loader import file_sha256, load_network
 from engine.networks import discriminator, stylegan2, stylegan3
 from engine.training import snapshot as snapshots
@@ -740,15 +740,8 @@ class _Run:
             dist.destroy_process_group()
 
 
-class _translate_oom:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, exc, tb) -> bool:
-        if kind is not None and issubclass(kind, torch.cuda.OutOfMemoryError):
-            raise DeviceOutOfMemoryError("The GPU ran out of memory while training; try a smaller --batch "
-                                         "(or more GPUs under torchrun).") from exc
-        return False
+def _translate_oom() -> ContextManager[None]:
+    return translate_oom("training", "Try a smaller --batch (or more GPUs under torchrun).")
 
 
 def train(opts: TrainOptions, *, progress: ProgressCallback | None = None, cancel: CancelToken | None = None,

@@ -87,3 +87,19 @@ def test_atomic_write_new_file_not_created_on_failure(tmp_path):
             tmp.write_bytes(b"x")
             raise ValueError
     assert list(tmp_path.iterdir()) == []
+
+
+def test_translate_oom_says_what_failed_and_what_to_try():
+    import torch
+
+    from engine.errors import DeviceOutOfMemoryError
+    from engine.jobs import translate_oom
+    with pytest.raises(DeviceOutOfMemoryError, match="while training. Try a smaller batch") as info:
+        with translate_oom("training", "Try a smaller batch."):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert isinstance(info.value.__cause__, torch.cuda.OutOfMemoryError)
+    with translate_oom("rendering", "unused"):  # anything else passes through untouched
+        pass
+    with pytest.raises(ValueError):
+        with translate_oom("rendering", "unused"):
+            raise ValueError("not memory")
