@@ -422,6 +422,20 @@ def cmd_blend(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# make-dataset (procedural training images; engine/datasets)
+
+def cmd_make_dataset(args: argparse.Namespace) -> int:
+    from engine.datasets.toyfaces import make_dataset
+
+    with progress_bar(args.count, args.kind) as advance:
+        out = make_dataset(args.out, args.count, args.resolution, seed=args.seed, variant=args.variant,
+                           progress=advance)
+    print(f"wrote {args.count} {args.kind} image{'s' if args.count != 1 else ''} of {args.resolution} px "
+          f"({args.variant}, seed {args.seed}) to {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # Parser and entry point
 
 def _add_network(p: argparse.ArgumentParser, device: bool = True) -> None:
@@ -505,6 +519,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "0 switches at once)")
     p.add_argument("--output", required=True, metavar="PATH", help="checkpoint to write (.safetensors)")
     p.set_defaults(func=cmd_blend)
+
+    p = sub.add_parser("make-dataset", help="draw a procedural training dataset (toy cartoon faces)",
+                       description="Draw a procedural dataset in the layout of NVIDIA's dataset_tool.py: a folder "
+                                   "(or a .zip) of 00000/img00000000.png, ... and dataset.json. Image i of seed S "
+                                   "is always the same picture.")
+    p.add_argument("kind", choices=("toyfaces",), help="what to draw: toyfaces (parametric cartoon faces)")
+    p.add_argument("--out", required=True, metavar="PATH", help="folder to create (absent or empty), or a .zip")
+    p.add_argument("--count", type=_count, required=True, metavar="N", help="number of images")
+    p.add_argument("--resolution", type=_count, required=True, metavar="R", help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
+    p.add_argument("--variant", choices=("upright", "rotated"), default="upright",
+                   help="upright faces, or rotated: the whole picture turned and shifted at random, "
+                        "for StyleGAN3 (default upright)")
+    p.set_defaults(func=cmd_make_dataset)
     return parser
 
 
