@@ -13,8 +13,7 @@ def main(argv: Sequence[str]) -> int:
     from app import APP_FLAGS
     if not argv or argv[0].split("=", 1)[0] in APP_FLAGS:  # no command, or only the window's flags
         from app import run_app
-        from engine.cli import default_network, resolve_device
-        return run_app(argv, default_network=default_network, resolve_device=resolve_device)
+        return run_app(argv)
     from engine.cli import main as cli_main
     return cli_main(argv)
 

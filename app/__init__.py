@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +41,8 @@ def _has_display() -> bool:
                 or os.environ.get("WAYLAND_DISPLAY") or sys.platform in ("win32", "darwin"))
 
 
-def run_app(argv: Sequence[str], default_network: Callable[[], Path] | None = None,
-            resolve_device: Callable[[str], object] | None = None) -> int:
-    """Open the window; returns the exit status. `default_network` finds the network to open
-    when --network is not given, `resolve_device` turns --device (auto, cpu, cuda:N) into a device
-    (main.py passes engine.cli's; without it 'auto' means the CPU, as the app never imports torch)."""
+def run_app(argv: Sequence[str]) -> int:
+    """Open the window; returns the exit status."""
     args = build_parser().parse_args(list(argv))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
     if not _has_display():
@@ -62,8 +59,7 @@ def run_app(argv: Sequence[str], default_network: Callable[[], Path] | None = No
     from app.main_window import MainWindow
 
     try:
-        device = str(resolve_device(args.device)) if resolve_device is not None else \
-            ("cpu" if args.device == "auto" else args.device)
+        device = str(engine.resolve_device(args.device))
     except engine.StyleDeckError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -71,9 +67,9 @@ def run_app(argv: Sequence[str], default_network: Callable[[], Path] | None = No
     app.setApplicationName("StyleDeck")
     app.setOrganizationName("StyleDeck")
     network, problem = args.network, None
-    if network is None and default_network is not None:
+    if network is None:
         try:
-            network = str(default_network())
+            network = str(engine.default_network())
         except engine.StyleDeckError as exc:
             problem = str(exc)
     window = MainWindow(device=device)

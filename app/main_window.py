@@ -54,12 +54,8 @@ def load_for_app(path: str, device: str = "cpu", *, progress: Any = None, cancel
 
 
 def _device(name: str) -> str:
-    """'auto' -> the engine's choice where it offers one (CUDA when present), else the CPU: the app
-    never imports torch (run_app resolves --device through engine.cli before it gets here)."""
-    resolve = getattr(engine, "resolve_device", None)
-    if resolve is not None:
-        return str(resolve(name))
-    return "cpu" if name == "auto" else name
+    """'auto' -> CUDA when present, else the CPU (the engine decides; the app never imports torch)."""
+    return str(engine.resolve_device(name))
 
 
 class MainWindow(QMainWindow):

@@ -33,7 +33,7 @@ from PySide6.QtWidgets import QApplication  # noqa: E402
 
 import engine  # noqa: E402
 from app.main_window import MainWindow  # noqa: E402
-from engine.cli import default_network  # noqa: E402
+from engine.bundled import default_network  # noqa: E402
 
 
 def p95(values: list[float]) -> float:

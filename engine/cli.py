@@ -1,9 +1,9 @@
 """The command line: `python main.py <command>` (or `styledeck <command>`).
 
-Commands: info, generate, mix, convert. Options mean what they mean in NVIDIA's gen_images.py
-and style_mixing.py (--network, --seeds 0-3,7, --trunc, --class, --noise-mode, --translate,
---rotate, --outdir; --rows, --cols, --styles), so their command lines keep working; output
-files are named as theirs (seed0042.png, 3-7.png, grid.png).
+Commands: info, generate, mix, convert, finetune, blend, make-dataset. Options mean what they mean
+in NVIDIA's gen_images.py, style_mixing.py and train.py (--network, --seeds 0-3,7, --trunc, --class,
+--noise-mode, --translate, --rotate, --outdir; --rows, --cols, --styles; --data, --kimg, ...), so
+their command lines keep working; output files are named as theirs (seed0042.png, 3-7.png, grid.png).
 Exit status: 0 done, 1 an error the message explains, 2 bad usage, 130 stopped.
 """
 from __future__ import annotations
@@ -21,9 +21,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engine.errors import Cancelled, DeviceOutOfMemoryError, StyleDeckError
+from engine.bundled import default_network
+from engine.devices import resolve_device
+from engine.errors import Cancelled, StyleDeckError
 from engine.images import image_grid, save_png, to_uint8
-from engine.jobs import Progress
+from engine.jobs import Progress, translate_oom
 from engine.latents import (NOISE_MODES, LatentCache, Source, class_to_c, layer_groups, network_family,
                             parse_range_list, parse_styles, seed_to_z)
 from engine.loader import convert_network, load_network, network_info
@@ -32,69 +34,25 @@ from engine.rosinality import export_rosinality
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
-CHECKPOINT_SUFFIXES = (".safetensors", ".pkl")
 
 
 # ---------------------------------------------------------------------------------------------
 # Helpers shared by the commands
 
-def models_dir() -> Path:
-    """Where bundled networks live: $STYLEDECK_MODELS, or models/ in the repository."""
-    return Path(os.environ.get("STYLEDECK_MODELS", ROOT / "models"))
-
-
-def default_network() -> Path:
-    """The network to use when --network is not given: models/registry.json's default, else the
-    first checkpoint in models/ by name; a StyleDeckError when there is none."""
-    folder = models_dir()
-    registry = folder / "registry.json"
-    if registry.is_file():
-        try:
-            entries = json.loads(registry.read_text())
-        except (OSError, ValueError) as exc:
-            raise StyleDeckError(f"{registry} is not valid JSON ({exc}); fix it or pass --network.") from exc
-        candidates = []
-        if isinstance(entries, dict) and isinstance(entries.get("default"), str):
-            candidates.append(entries["default"])
-        models = entries.get("models", []) if isinstance(entries, dict) else entries
-        for entry in models if isinstance(models, list) else []:
-            if isinstance(entry, dict):
-                candidates += [entry[k] for k in ("file", "path") if isinstance(entry.get(k), str)]
-        for name in candidates:
-            if (folder / name).is_file():
-                return folder / name
-    checkpoints = sorted(p for p in folder.glob("*") if p.suffix in CHECKPOINT_SUFFIXES and p.is_file()) \
-        if folder.is_dir() else []
-    if checkpoints:
-        return checkpoints[0]
-    raise StyleDeckError(f"No network is bundled in {folder} yet. Pass --network with the path of an NVIDIA "
-                         "network pickle (.pkl) or a StyleDeck checkpoint (.safetensors).")
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; a device that is not there is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise StyleDeckError(f"Unknown device {name!r}; use auto, cpu, cuda or cuda:N.") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise StyleDeckError(f"Device {name!r} was asked for, but PyTorch sees no CUDA device here; use --device cpu.")
-    return device
-
-
 def load_generator(args: argparse.Namespace) -> tuple[Path, dict[str, torch.nn.Module], torch.nn.Module]:
     """(path, networks, G): G_ema where the file has it (what NVIDIA's scripts render), else G."""
     path = Path(args.network) if args.network else default_network()
     device = resolve_device(getattr(args, "device", "cpu"))
-    with translate_oom():
+    with _translate_oom():
         networks = load_network(path, device=device)
     G = networks.get("G_ema", networks.get("G"))
     if G is None:
         raise StyleDeckError(f"{path.name} holds no generator (found: {', '.join(networks) or 'nothing'}).")
     return path, networks, G.eval().requires_grad_(False)
+
+
+def _translate_oom():
+    return translate_oom("running the network", "Close other programs that use the GPU, or try --device cpu.")
 
 
 @contextmanager
@@ -112,16 +70,6 @@ def progress_bar(total: int, desc: str, unit: str = "img") -> Iterator[Callable[
             else:
                 bar.update(event)
         yield update
-
-
-@contextmanager
-def translate_oom() -> Iterator[None]:
-    """Out of device memory becomes a DeviceOutOfMemoryError with advice."""
-    try:
-        yield
-    except torch.cuda.OutOfMemoryError as exc:
-        raise DeviceOutOfMemoryError("The GPU ran out of memory; close other programs using it or "
-                                     "try --device cpu.") from exc
 
 
 def set_input_transform(G: torch.nn.Module, rotate: float, translate: tuple[float, float]) -> None:
@@ -205,7 +153,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     images = []
-    with progress_bar(len(args.seeds), "generating") as advance, translate_oom():
+    with progress_bar(len(args.seeds), "generating") as advance, _translate_oom():
         for seed in args.seeds:
             # One seed at a time, as gen_images.py: batch size changes float rounding.
             z = seed_to_z(seed, G.z_dim).to(device)                       # [1, z_dim]
@@ -240,7 +188,7 @@ def cmd_mix(args: argparse.Namespace) -> int:
     total = len(seeds) + len(args.rows) * len(args.cols)
     ws = {}
     image_of: dict[tuple[int, int], np.ndarray] = {}
-    with progress_bar(total, "mixing") as advance, translate_oom():
+    with progress_bar(total, "mixing") as advance, _translate_oom():
         for seed in seeds:
             ws[seed] = cache.ws(Source.from_seed(seed, args.class_idx), args.trunc, args.trunc_cutoff)
             image_of[seed, seed] = render(ws[seed])

@@ -67,11 +67,8 @@ def format_eta(seconds: float | None) -> str:
 
 
 def _device(name: str) -> str:
-    """'auto' -> the engine's choice where it offers one, else the CPU (the app never imports torch)."""
-    resolve = getattr(engine, "resolve_device", None)
-    if resolve is not None:
-        return str(resolve(name))
-    return "cpu" if name == "auto" else name
+    """'auto' -> CUDA when present, else the CPU (the engine decides; the app never imports torch)."""
+    return str(engine.resolve_device(name))
 
 
 def blend_preview_job(holder: dict[str, Any], base: str, tuned: str, split: float, width: float,

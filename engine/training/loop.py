@@ -44,6 +44,7 @@ import torch.distributed as dist
 from torch import nn
 
 from engine.checkpoint import family_of_module, read_checkpoint_metadata, save_checkpoint
+from engine.devices import resolve_device
 from engine.errors import Cancelled, StyleDeckError
 from engine.images import image_grid, save_png, to_rgb, to_uint8
 from engine.jobs import CancelToken, Progress, ProgressCallback, translate_oom
@@ -252,15 +253,9 @@ def _init_distributed(device_name: str) -> tuple[_Dist, torch.device]:
 
 
 def _resolve_device(name: str, env: _Dist) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise StyleDeckError(f"Unknown device {name!r}; use auto, cpu, cuda or cuda:N.") from exc
+    """The device of this process: under torchrun each rank takes the GPU of its local rank."""
+    device = resolve_device(name)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise StyleDeckError(f"Device {name!r} was asked for, but PyTorch sees no CUDA device; use cpu.")
         if env.active or device.index is None:
             device = torch.device("cuda", env.local_rank if env.active else torch.cuda.current_device())
         torch.cuda.set_device(device)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from engine.checkpoint import save_checkpoint
-from engine.cli import default_network
+from engine.bundled import default_network
 from engine.errors import StyleDeckError
 from engine.images import to_uint8
 from engine.latents import layer_groups, seed_to_z
