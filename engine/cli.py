@@ -384,6 +384,54 @@ def cmd_make_dataset(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# project (a photo into W / W+; engine/projector.py)
+
+def cmd_project(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from engine.photo import load_photo
+    from engine.projector import ProjectionOptions, project, save_projection
+    from engine.training.dataset import IMAGE_EXTENSIONS
+
+    given = {f.name: getattr(args, f.name) for f in fields(ProjectionOptions) if getattr(args, f.name, None) is not None}
+    if args.save_video:
+        given["preview_every"] = 1                                       # NVIDIA's video has every step
+    opts = ProjectionOptions(**given)
+    target = Path(args.target)
+    if target.is_dir():                                                  # batch: one subfolder per photo
+        photos = sorted(p for p in target.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not photos:
+            raise StyleDeckError(f"{target} holds no photos ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
+        jobs = [(p, Path(args.outdir) / p.stem) for p in photos]
+    elif target.exists():
+        jobs = [(target, Path(args.outdir))]
+    else:
+        raise StyleDeckError(f"The target {target} does not exist; give a photo or a folder of photos.")
+    _, _, G = load_generator(args)
+    failures = 0
+    for path, outdir in jobs:
+        try:
+            image = load_photo(path, G.img_resolution, fit=args.fit, channels=G.img_channels)
+        except StyleDeckError as exc:
+            if len(jobs) == 1:
+                raise
+            print(f"error: {exc} Skipped.", file=sys.stderr)
+            failures += 1
+            continue
+        frames: list[np.ndarray] = []
+        with progress_bar(opts.num_steps, f"projecting {path.name}", unit="step") as advance, _translate_oom():
+            def show(event: Progress) -> None:
+                advance(event)
+                if args.save_video and event.preview is not None:
+                    frames.append(event.preview)
+            result = project(G, image, opts, progress=show)
+        written = save_projection(outdir, result, image, video_frames=frames if args.save_video else None)
+        print(f"{path.name}: wrote {', '.join(p.name for p in written.values())} to {outdir} "
+              f"({result.loss_used} loss {result.losses[-1]:.4f})")
+    return 1 if failures else 0
+
+
+# ---------------------------------------------------------------------------------------------
 # Parser and entry point
 
 def _add_network(p: argparse.ArgumentParser, device: bool = True) -> None:
@@ -481,6 +529,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="upright faces, or rotated: the whole picture turned and shifted at random, "
                         "for StyleGAN3 (default upright)")
     p.set_defaults(func=cmd_make_dataset)
+
+    p = sub.add_parser("project", help="find the latent of a photo (like NVIDIA's projector.py)",
+                       description="Optimise a latent so the network reproduces a photo; writes proj.png, "
+                                   "target.png, projected_w.npz (key w, [1, num_ws, w_dim]) and proj.mp4 as "
+                                   "NVIDIA's projector.py. A folder of photos gives one subfolder per photo.")
+    _add_network(p)
+    p.add_argument("--target", required=True, metavar="PATH", help="photo (any size; see --fit) or folder of photos")
+    p.add_argument("--num-steps", dest="num_steps", type=int, help="optimisation steps (default 1000)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--save-video", dest="save_video", type=_flag, nargs="?", const=True, default=True,
+                   help="write proj.mp4 of the optimisation, target beside projection (default 1, as NVIDIA)")
+    p.add_argument("--outdir", default="out", help="folder for the outputs (default: out)")
+    p.add_argument("--mode", choices=("w", "w+"), help="one w for all layers (w, default) or one per layer (w+)")
+    p.add_argument("--loss", choices=("lpips", "pixel"),
+                   help="lpips (VGG16; default) or pixel (MSE + MS-SSIM, no download needed)")
+    p.add_argument("--lpips-weights", dest="lpips_weights", metavar="PATH",
+                   help="torchvision's VGG16 weights file (vgg16-397923af.pth) when it is not in torch.hub's cache")
+    p.add_argument("--fit", choices=("crop", "pad"), default="crop",
+                   help="make the photo square by a centred crop (default) or white padding")
+    p.set_defaults(func=cmd_project)
     return parser
 
 

@@ -1,0 +1,212 @@
+"""Projection on CPU with tiny StyleGAN2 networks: a generated image is found again (W+, pixel loss and
+LPIPS on a random VGG16), cancelling stops at once, the offline LPIPS path falls back to the pixel loss
+with a message, and the output files read back with plain numpy and imageio."""
+from __future__ import annotations
+
+import logging
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from engine.errors import Cancelled, CorruptFileError
+from engine.images import to_uint8
+from engine.jobs import CancelToken
+from engine.networks import stylegan2
+from engine.projector import VGG16_FILE, VGG16_URL, ProjectionOptions, ms_ssim, project, save_projection
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny convolutions run ~50x faster on one thread while another process keeps the CPU busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_generator(resolution: int = 16) -> torch.nn.Module:
+    """A random tiny StyleGAN2 whose images stay inside [-1, 1] (toRGB scaled down), so pixels are not clipped."""
+    torch.manual_seed(0)
+    G = stylegan2.Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=resolution, img_channels=3,
+                            channel_base=256 * resolution // 16, channel_max=32, num_fp16_res=0)
+    with torch.no_grad():
+        for name, module in G.named_modules():
+            if name.endswith("torgb"):
+                module.weight.mul_(0.25)
+    return G.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def generated_target(G: torch.nn.Module, seed: int = 5) -> tuple[torch.Tensor, np.ndarray]:
+    z = torch.randn([1, G.z_dim], generator=torch.Generator().manual_seed(seed))
+    ws = G.mapping(z, None)                                                 # [1, num_ws, w_dim]
+    return ws, to_uint8(G.synthesis(ws, noise_mode="const"))[0]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255 ** 2 / max(mse, 1e-10)))
+
+
+@torch.no_grad()
+def w_avg_estimate(G: torch.nn.Module) -> np.ndarray:
+    return G.mapping(torch.randn([2000, G.z_dim]), None)[:, :1].mean(0, keepdim=True).numpy()
+
+
+def test_w_plus_pixel_loss_recovers_a_generated_image_and_its_w():
+    G = tiny_generator()
+    ws_true, target = generated_target(G)
+    before = {k: v.clone() for k, v in G.state_dict().items()}
+    result = project(G, target, ProjectionOptions(num_steps=200, mode="w+", loss="pixel", w_avg_samples=2000))
+    assert result.ws.dtype == np.float32 and result.ws.shape == (1, G.num_ws, G.w_dim)
+    assert result.image.shape == target.shape and result.image.dtype == np.uint8
+    assert result.steps_done == 200 and len(result.losses) == 200 and result.loss_used == "pixel"
+    assert psnr(result.image, target) >= 28
+    # The ws found renders the image it reports; the network itself was not changed.
+    with torch.no_grad():
+        again = to_uint8(G.synthesis(torch.from_numpy(result.ws), noise_mode="const"))[0]
+    assert np.array_equal(again, result.image)
+    assert all(torch.equal(v, before[k]) for k, v in G.state_dict().items())
+
+
+def test_w_mode_recovers_the_true_w():
+    """One w broadcast to every layer is well determined (W+ is not: layers the image barely depends on
+    drift freely), so here the w found must be close to the true one."""
+    G = tiny_generator()
+    ws_true, target = generated_target(G)
+    result = project(G, target, ProjectionOptions(num_steps=200, mode="w", loss="pixel", w_avg_samples=2000))
+    assert np.array_equal(result.ws, np.broadcast_to(result.ws[:, :1], result.ws.shape))
+    assert psnr(result.image, target) >= 28
+    start = np.linalg.norm(w_avg_estimate(G)[0, 0] - ws_true[0, 0].numpy())
+    assert np.linalg.norm(result.ws[0, 0] - ws_true[0, 0].numpy()) < 0.25 * start
+
+
+def test_lpips_random_backbone_improves_markedly():
+    G = tiny_generator(32)
+    _, target = generated_target(G)
+    result = project(G, target, ProjectionOptions(num_steps=60, mode="w+", lpips_random_backbone=True,
+                                                  w_avg_samples=500))
+    assert result.loss_used == "lpips"
+    # A random VGG16 sees structure more than colour, so the measure is its own distance, not PSNR.
+    assert result.losses[-1] < 0.2 * result.losses[0]
+
+
+def test_progress_streams_previews_and_cancel_stops_within_one_step():
+    G = tiny_generator()
+    _, target = generated_target(G)
+    token, events = CancelToken(), []
+
+    def progress(event):
+        events.append(event)
+        if event.step == 7:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        project(G, target, ProjectionOptions(num_steps=100, loss="pixel", preview_every=5, w_avg_samples=200),
+                progress=progress, cancel=token)
+    assert events[-1].step == 7                       # no step ran after the one that cancelled
+    previews = [e for e in events if e.preview is not None]
+    assert [e.step for e in previews] == [5]
+    assert previews[0].preview.shape == target.shape and previews[0].preview.dtype == np.uint8
+    assert all(e.total == 100 and "loss" in e.metrics for e in events)
+
+
+def test_offline_lpips_falls_back_to_pixel_loss_with_a_message(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    G = tiny_generator()
+    _, target = generated_target(G)
+    messages = []
+    with caplog.at_level(logging.WARNING, logger="engine.projector"):
+        result = project(G, target, ProjectionOptions(num_steps=3, w_avg_samples=200),
+                         progress=lambda e: messages.append(e.message))
+    assert result.loss_used == "pixel" and result.steps_done == 3
+    assert VGG16_FILE in messages[0] and VGG16_URL in messages[0] and "pixel loss" in messages[0]
+    assert any(VGG16_URL in r.getMessage() for r in caplog.records)
+
+
+def test_a_bad_local_vgg_weights_file_is_a_clear_error(tmp_path):
+    G = tiny_generator()
+    _, target = generated_target(G)
+    bad = tmp_path / "vgg16.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CorruptFileError, match="vgg16.pth"):
+        project(G, target, ProjectionOptions(num_steps=1, lpips_weights=str(bad), w_avg_samples=100))
+    with pytest.raises(CorruptFileError, match="does not exist"):
+        project(G, target, ProjectionOptions(num_steps=1, lpips_weights=str(tmp_path / "missing.pth"),
+                                             w_avg_samples=100))
+
+
+def test_ms_ssim_is_one_for_equal_images_and_lower_for_noise():
+    x = torch.rand([2, 3, 64, 64], generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(ms_ssim(x, x), torch.ones(2), atol=1e-5)
+    noisy = (x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    assert (ms_ssim(x, noisy) < 0.9).all()
+
+
+def test_save_projection_writes_nvidia_files(tmp_path):
+    G = tiny_generator()
+    _, target = generated_target(G)
+    frames = []
+    result = project(G, target, ProjectionOptions(num_steps=4, loss="pixel", preview_every=1, w_avg_samples=100),
+                     progress=lambda e: frames.append(e.preview))
+    paths = save_projection(tmp_path / "out", result, target, video_frames=frames)
+    w = np.load(tmp_path / "out" / "projected_w.npz")["w"]
+    assert w.shape == (1, G.num_ws, G.w_dim) and w.dtype == np.float32
+    assert np.array_equal(w, result.ws)
+    assert np.array_equal(iio.imread(tmp_path / "out" / "proj.png"), result.image)
+    assert np.array_equal(iio.imread(tmp_path / "out" / "target.png"), target)
+    video = iio.imread(paths["video"])
+    assert video.shape == (4, 16, 32, 3)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["proj.mp4", "proj.png", "projected_w.npz",
+                                                                    "target.png"]
+
+
+def _vgg_features_file(path, seed: int = 1) -> dict[str, torch.Tensor]:
+    """A torchvision-style VGG16 weights file (features.* only, random values); returns its state."""
+    import warnings
+
+    import lpips
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():                  # torchvision's "pretrained is deprecated"
+        warnings.simplefilter("ignore")
+        net = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False).net
+    state = {}
+    for slice_name in ("slice1", "slice2", "slice3", "slice4", "slice5"):
+        for idx, layer in getattr(net, slice_name).named_children():
+            if isinstance(layer, torch.nn.Conv2d):
+                state[f"features.{idx}.weight"] = torch.randn_like(layer.weight) * 0.05
+                state[f"features.{idx}.bias"] = torch.randn_like(layer.bias) * 0.05
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return state
+
+
+def test_vgg_weights_from_the_hub_cache_or_a_local_file_are_used(tmp_path, monkeypatch):
+    from engine.projector import _lpips_model
+    state = _vgg_features_file(tmp_path / "home" / "hub" / "checkpoints" / VGG16_FILE)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    model, why = _lpips_model(ProjectionOptions(), torch.device("cpu"))
+    assert why == "" and torch.equal(model.net.slice3.state_dict()["14.weight"], state["features.14.weight"])
+    local = tmp_path / "my-vgg.pth"
+    local.write_bytes((tmp_path / "home" / "hub" / "checkpoints" / VGG16_FILE).read_bytes())
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    model, _ = _lpips_model(ProjectionOptions(lpips_weights=str(local)), torch.device("cpu"))
+    assert torch.equal(model.net.slice5.state_dict()["28.bias"], state["features.28.bias"])
+    G = tiny_generator()
+    _, target = generated_target(G)
+    result = project(G, target, ProjectionOptions(num_steps=2, lpips_weights=str(local), w_avg_samples=100))
+    assert result.loss_used == "lpips"
+
+
+def test_stylegan3_projects_without_noise_maps():
+    from engine.networks import stylegan3
+    torch.manual_seed(0)
+    G = stylegan3.Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=16, img_channels=3, channel_base=256,
+                            channel_max=16, num_layers=4, num_critical=1, margin_size=2, num_fp16_res=0)
+    G = G.eval().requires_grad_(False)
+    _, target = generated_target(G)
+    result = project(G, target, ProjectionOptions(num_steps=15, mode="w+", loss="pixel", w_avg_samples=200))
+    assert result.ws.shape == (1, G.num_ws, 16)
+    assert result.losses[-1] < result.losses[0]
