@@ -19,6 +19,9 @@ from engine.latents import (GROUP_NAMES, NOISE_MODES, LatentCache, LayerGroup, N
                             parse_range_list, parse_styles, seed_to_z, set_mix_weight, truncate, ws_resolutions)
 from engine.loader import convert_network, load_network, network_info
 from engine.networks.stylegan3 import input_transform
+from engine.photo import load_photo
+from engine.projector import ProjectionOptions, ProjectionResult, project, save_projection
+from engine.pti import PTIOptions, PTIResult, apply_delta, load_delta, pivotal_tune, save_delta
 from engine.recipe import read_image_recipe, recipe_sidecar, save_image
 from engine.renderer import RenderResult, Renderer
 # fine-tuning
@@ -44,6 +47,9 @@ __all__ = [
     # editing state and sessions
     "EditState", "from_json", "group_amount", "initial_state", "load_session", "save_session", "set_group_amount",
     "to_json", "with_base", "with_source", "without_source",
+    # projection
+    "PTIOptions", "PTIResult", "ProjectionOptions", "ProjectionResult", "apply_delta", "load_delta", "load_photo",
+    "pivotal_tune", "project", "save_delta", "save_projection",
     # rendering and saved images
     "RenderResult", "Renderer", "read_image_recipe", "recipe_sidecar", "save_image",
     # published networks

@@ -1,7 +1,7 @@
 """The command line: `python main.py <command>` (or `styledeck <command>`).
 
-Commands: info, generate, mix, convert, finetune, blend, make-dataset. Options mean what they mean
-in NVIDIA's gen_images.py, style_mixing.py and train.py (--network, --seeds 0-3,7, --trunc, --class,
+Commands: info, generate, mix, convert, project, finetune, blend, make-dataset. Options mean what they
+mean in NVIDIA's gen_images.py, style_mixing.py, projector.py and train.py (--network, --seeds 0-3,7, --trunc, --class,
 --noise-mode, --translate, --rotate, --outdir; --rows, --cols, --styles; --data, --kimg, ...), so
 their command lines keep working; output files are named as theirs (seed0042.png, 3-7.png, grid.png).
 Exit status: 0 done, 1 an error the message explains, 2 bad usage, 130 stopped.
