@@ -124,10 +124,13 @@ class SourceStrip(QWidget):
     # --- redraw from the session ----------------------------------------------------------------
     def _redraw(self, state: Any) -> None:
         sources = () if state is None else state.sources
-        if len(sources) == len(self.cards) and all(
-                (c.seed_box.value() == s.seed) or (s.seed is None) for c, s in zip(self.cards, sources)):
+        # a card shows a seed or a stored latent; a change of kind (a projected photo as the base) rebuilds
+        same_kinds = len(sources) == len(self.cards) and all(
+            c.seed_box.specialValueText() == ("" if s.seed is not None else (s.label or "latent"))
+            for c, s in zip(self.cards, sources))
+        if same_kinds and all((c.seed_box.value() == s.seed) or (s.seed is None) for c, s in zip(self.cards, sources)):
             return
-        if len(sources) == len(self.cards):
+        if same_kinds:
             for card, source in zip(self.cards, sources):  # same cards, new seeds: update quietly
                 if source.seed is not None:
                     blocked = card.seed_box.blockSignals(True)
