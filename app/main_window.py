@@ -20,6 +20,7 @@ from app.panels.finetune import FinetunePanel
 from app.panels.mixing import MixingPanel
 from app.panels.model import ModelPanel
 from app.panels.noise import NoisePanel
+from app.panels.projection import ProjectionPanel
 from app.panels.truncation import TruncationPanel
 from app.rendering import GridRequest, RenderController, make_grid_request
 from app.session import EditSession
@@ -60,7 +61,8 @@ def _device(name: str) -> str:
 
 class MainWindow(QMainWindow):
     """StyleDeck's editing window. Attributes tests use: session, render_controller, canvas, source_strip,
-    mixing_panel, truncation_panel, noise_panel, model_panel, finetune_panel, docks, error_box, last_error."""
+    mixing_panel, truncation_panel, noise_panel, model_panel, finetune_panel, projection_panel, docks, error_box,
+    last_error."""
 
     def __init__(self, model_path: str | None = None, device: str = "cpu"):
         super().__init__()
@@ -102,6 +104,7 @@ class MainWindow(QMainWindow):
         self.model_panel = ModelPanel(self)
         self.finetune_panel = FinetunePanel(device=device, editor_network=lambda: self.network_path,
                                             editor_state=lambda: self.session.state)
+        self.projection_panel = ProjectionPanel(device=device, editor_network=lambda: self.network_path)
         self.panels = (self.mixing_panel, self.truncation_panel, self.noise_panel)
         self.docks: dict[str, QDockWidget] = {}
         self._add_dock("model", "Model", self.model_panel, Qt.LeftDockWidgetArea)
@@ -115,12 +118,19 @@ class MainWindow(QMainWindow):
         self.docks["finetune"].visibilityChanged.connect(self._finetune_shown)
         self.docks["finetune"].toggleViewAction().triggered.connect(
             lambda checked: checked and self.show_panel("finetune"))  # shown from the menu: its tab comes up
+        self._add_dock("projection", "Projection", self.projection_panel, Qt.RightDockWidgetArea)
+        self.tabifyDockWidget(self.docks["noise"], self.docks["projection"])
+        self.docks["projection"].hide()  # View > Projection shows it, a tab beside the right-hand docks
+        self.docks["projection"].toggleViewAction().triggered.connect(
+            lambda checked: checked and self.show_panel("projection"))
         self.resizeDocks([self.docks["model"]], [320], Qt.Horizontal)
         self.resizeDocks([self.docks["mixing"]], [380], Qt.Horizontal)
         self.model_panel.open_requested.connect(self.open_network)
         self.mixing_panel.grid_requested.connect(self._grid_requested)
         self.finetune_panel.load_requested.connect(self.open_network)
         self.finetune_panel.message.connect(lambda text: self.statusBar().showMessage(text, 10000))
+        self.projection_panel.projected.connect(self._photo_projected)
+        self.projection_panel.message.connect(lambda text: self.statusBar().showMessage(text, 10000))
 
         self._build_menus()
         self.render_label = QLabel("no image yet")
@@ -146,7 +156,7 @@ class MainWindow(QMainWindow):
         return dock
 
     def show_panel(self, key: str) -> None:
-        """Make dock `key` (mixing, truncation, noise, model, finetune) visible and raised."""
+        """Make dock `key` (mixing, truncation, noise, model, finetune, projection) visible and raised."""
         dock = self.docks[key]
         dock.show()
         dock.raise_()
@@ -229,6 +239,7 @@ class MainWindow(QMainWindow):
         self.model_panel.set_info(loaded.info)
         self.model_panel.add_recent(loaded.path)
         self.finetune_panel.set_editor_network(loaded.path)
+        self.projection_panel.set_resolution(int(loaded.info.get("resolution", 0)) or None)
         self.setWindowTitle(f"StyleDeck — {Path(loaded.path).name}")
         self.statusBar().showMessage(f"Opened {Path(loaded.path).name}", 5000)
         self.session.reset(state)  # -> changed -> the controller renders it
@@ -238,6 +249,17 @@ class MainWindow(QMainWindow):
         self.show_error(message)
         if self.render_controller.last_result is None and self.session.state is not None:
             self.render_controller.refresh()
+
+    def _photo_projected(self, source: Any) -> None:
+        """A projected photo becomes the base (the canvas shows it); its latent mixes like a seed."""
+        state = self.session.state
+        if state is None:
+            return
+        if source.latent_shape[0] not in (1, state.num_ws):  # the network changed during the run
+            self.show_error(f"The projected photo has {source.latent_shape[0]} layers but the open network has "
+                            f"{state.num_ws}; it was not added.")
+            return
+        self.session.apply(engine.with_base(state, source))
 
     def show_error(self, message: str) -> None:
         """A readable error: the status bar, the Model panel and a non-modal message box."""
@@ -410,6 +432,7 @@ class MainWindow(QMainWindow):
         if self.finetune_panel.shutdown():
             self.statusBar().showMessage("Fine-tuning was stopped because the window closed; its snapshots "
                                          "are kept.")
+        self.projection_panel.shutdown()
         if self.loader.running:
             self.loader.cancel()
             self.loader.wait()
