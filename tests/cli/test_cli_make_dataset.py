@@ -2,30 +2,15 @@
 engine's dataset to the byte, the training dataset reads it, and bad requests exit with a message."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import zipfile
-from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 
 from engine.datasets.toyfaces import face_rng, image_name, make_dataset, render_face, sample_params
 from engine.training.dataset import DatasetOptions, ImageDataset
+from run_main import ok, run
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "STYLEDECK_MODELS": str(cwd / "no-models")}  # never the repository's models/
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
-def ok(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    return result.stdout
 
 
 def test_make_dataset_writes_the_engines_dataset(tmp_path):
