@@ -12,7 +12,6 @@ from engine.training.dataset import DatasetOptions, ImageDataset
 from run_main import ok, run
 
 
-
 def test_make_dataset_writes_the_engines_dataset(tmp_path):
     out = ok(run("make-dataset", "toyfaces", "--out", "faces", "--count", "5", "--resolution", "32",
                  "--seed", "3", "--variant", "rotated", cwd=tmp_path))
