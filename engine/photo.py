@@ -13,40 +13,20 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import cv2
 import numpy as np
 
 from engine.errors import CorruptFileError
-from engine.training.dataset import prepare_image
+from engine.training.dataset import UnusableImage, decode_image, prepare_image
 
 __all__ = ["decode_photo", "load_photo"]
 
 
 def _decode_cv2(data: bytes) -> np.ndarray | None:
-    """OpenCV decode -> uint8 [H, W, 1|3|4] RGB(A), or None when OpenCV cannot read it."""
-    jpeg = data[:2] == b"\xff\xd8"
-    if jpeg and data.rfind(b"\xff\xd9") <= data.rfind(b"\xff\xda"):
-        return None                              # cut-off JPEG: OpenCV would fill it with grey
-    flags = cv2.IMREAD_COLOR if jpeg else cv2.IMREAD_UNCHANGED   # IMREAD_COLOR applies EXIF
+    """The training dataset's OpenCV decoder -> uint8 [H, W, 1|3|4] RGB(A); None where it cannot read the file."""
     try:
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    except cv2.error:
-        return None
-    if img is None or img.size == 0:
-        return None
-    if img.dtype == np.uint16:
-        img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)   # 65535 -> 255
-    elif img.dtype != np.uint8:
-        return None
-    if img.ndim == 2:
-        img = img[:, :, None]                    # [H, W] -> [H, W, 1]
-    if img.shape[2] == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    elif img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
-    elif img.shape[2] != 1:
-        return None
-    return img
+        return decode_image(data, "photo")
+    except UnusableImage:
+        return None                              # Pillow may still read it
 
 
 def _decode_pil(data: bytes) -> np.ndarray | None:

@@ -94,7 +94,7 @@ class DatasetReport:
         return text
 
 
-class _Unusable(Exception):
+class UnusableImage(Exception):
     """One file cannot be used; str(exc) is the reason put in the report."""
 
 
@@ -108,27 +108,27 @@ def default_cache_dir() -> Path:
 # ---------------------------------------------------------------------------------------------
 # Preparing one image
 
-def _decode(data: bytes, name: str) -> np.ndarray:
-    """Bytes of one file -> uint8 [H, W, C], C in {1, 3, 4}, RGB(A) order; raises _Unusable."""
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """Bytes of one file -> uint8 [H, W, C], C in {1, 3, 4}, RGB(A) order; raises UnusableImage."""
     suffix = Path(name).suffix.lower()
     if data[:2] == b"\xff\xd8":              # JPEG by content (OpenCV ignores the extension too)
         # Entropy-coded data never holds FF D9, so a complete JPEG has its end marker after its
         # last start-of-scan; older OpenCV builds return a grey-filled image for a cut-off file.
         if data.rfind(b"\xff\xd9") <= data.rfind(b"\xff\xda"):
-            raise _Unusable("truncated JPEG (no end-of-image marker)")
+            raise UnusableImage("truncated JPEG (no end-of-image marker)")
         flags = cv2.IMREAD_COLOR            # applies the EXIF orientation; JPEG has no alpha
     else:
         flags = cv2.IMREAD_UNCHANGED        # keeps alpha and 16 bits (and ignores EXIF)
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error as exc:
-        raise _Unusable(f"cannot decode: {str(exc).strip().splitlines()[-1]}") from None
+        raise UnusableImage(f"cannot decode: {str(exc).strip().splitlines()[-1]}") from None
     if img is None or img.size == 0:
-        raise _Unusable(f"not a readable {suffix[1:].upper()} image (corrupt or truncated)")
+        raise UnusableImage(f"not a readable {suffix[1:].upper()} image (corrupt or truncated)")
     if img.dtype == np.uint16:
         img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)   # 65535 -> 255, rounded
     elif img.dtype != np.uint8:
-        raise _Unusable(f"unsupported pixel type {img.dtype}")
+        raise UnusableImage(f"unsupported pixel type {img.dtype}")
     if img.ndim == 2:
         img = img[:, :, None]                                           # [H, W] -> [H, W, 1]
     if img.shape[2] == 3:
@@ -136,7 +136,7 @@ def _decode(data: bytes, name: str) -> np.ndarray:
     elif img.shape[2] == 4:
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
     elif img.shape[2] != 1:
-        raise _Unusable(f"unsupported number of channels ({img.shape[2]})")
+        raise UnusableImage(f"unsupported number of channels ({img.shape[2]})")
     return img
 
 
@@ -261,7 +261,7 @@ class _ZipSource(_Source):
             try:
                 return self.zip.read(self._infos[rel])
             except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as exc:
-                raise _Unusable(f"damaged zip entry ({exc})") from None
+                raise UnusableImage(f"damaged zip entry ({exc})") from None
 
     def close(self) -> None:
         self.zip.close()
@@ -288,7 +288,7 @@ def _read_labels(source: _Source, where: Path) -> dict[str, Any]:
                            "level. Add one as NVIDIA's dataset_tool.py writes it, or train without labels.")
     try:
         raw = json.loads(source.read(_LABELS_FILE).decode("utf-8")).get("labels")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError, _Unusable) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, UnusableImage) as exc:
         raise DatasetError(f"{_LABELS_FILE} in {where} is not readable JSON of the form "
                            '{"labels": [[path, label], ...]} (' + str(exc) + ").") from None
     if raw is None:
@@ -510,8 +510,8 @@ class ImageDataset(torch.utils.data.Dataset):
 
         def one(rel: str) -> np.ndarray | str:
             try:
-                return prepare_image(_decode(source.read(rel), rel), res, fit=fit, channels=channels)
-            except _Unusable as exc:
+                return prepare_image(decode_image(source.read(rel), rel), res, fit=fit, channels=channels)
+            except UnusableImage as exc:
                 return str(exc)
             except OSError as exc:
                 return f"cannot read: {exc.strerror or exc}"

@@ -65,13 +65,13 @@ def private_cache(tmp_path, monkeypatch):
 def decodes(monkeypatch) -> list[str]:
     """Names of the files the dataset decodes, in any order (decoding runs on worker threads)."""
     seen: list[str] = []
-    real = dataset_module._decode
+    real = dataset_module.decode_image
 
     def counting(data, name):
         seen.append(name)
         return real(data, name)
 
-    monkeypatch.setattr(dataset_module, "_decode", counting)
+    monkeypatch.setattr(dataset_module, "decode_image", counting)
     return seen
 
 
