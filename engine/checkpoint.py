@@ -7,7 +7,10 @@ network's key); the header metadata entry `styledeck` holds JSON:
      "networks": {"G_ema": {"family": "stylegan2", "class": "engine.networks.stylegan2.Generator",
                             "init_kwargs": {...}}, ...},
      "origin": {"source": "ffhq.pkl", "sha256": "..."} | null,
-     "training": {...} | null}
+     "training": {...} | null, "storage": "float32" | "float16"}
+
+`storage` "float16" means the floating tensors were halved to ship a smaller file; loading casts
+them back into the float32 network, so only the last bits of each weight differ.
 
 A network is rebuilt from its family and init kwargs (NVIDIA's names, verbatim) and loaded
 strictly, so a file edited by hand or written by a newer version fails loudly, not subtly.
@@ -125,8 +128,11 @@ def _jsonable(value: Any, where: str) -> Any:
 
 
 def save_checkpoint(path: str | Path, networks: Mapping[str, nn.Module], origin: Mapping[str, Any] | None = None,
-                    training: Mapping[str, Any] | None = None) -> Path:
-    """Write `networks` (e.g. {'G_ema': G}) to one .safetensors file, atomically; returns the path."""
+                    training: Mapping[str, Any] | None = None, half: bool = False) -> Path:
+    """Write `networks` (e.g. {'G_ema': G}) to one .safetensors file, atomically; returns the path.
+
+    `half` stores floating tensors as float16 (half the size; for shipping, not for resuming training).
+    """
     path = Path(path)
     if not networks:
         raise ValueError("save_checkpoint needs at least one network")
@@ -142,10 +148,14 @@ def save_checkpoint(path: str | Path, networks: Mapping[str, nn.Module], origin:
         }
         for name, value in net.state_dict().items():
             # clone: safetensors refuses tensors that share memory (e.g. one filter buffer used twice)
-            tensors[f"{key}.{name}"] = value.detach().to("cpu").contiguous().clone()
+            value = value.detach().to("cpu")
+            if half and value.is_floating_point():
+                value = value.to(torch.float16)
+            tensors[f"{key}.{name}"] = value.contiguous().clone()
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "networks": described,
             "origin": _jsonable(origin, "origin") if origin is not None else None,
-            "training": _jsonable(training, "training") if training is not None else None}
+            "training": _jsonable(training, "training") if training is not None else None,
+            "storage": "float16" if half else "float32"}
     with atomic_write(path) as tmp:
         save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta), "format": FORMAT})
     return path

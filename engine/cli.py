@@ -221,11 +221,27 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise StyleDeckError(f"--output {dst} is the input file; choose another name.")
     dst.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "rosinality":
+        if args.keep or args.half or args.training_info:
+            raise StyleDeckError("--keep, --half and --training-info apply to the native format only.")
         export_rosinality(src, dst)
     else:
-        convert_network(src, dst)
+        keep = [k.strip() for k in args.keep.split(",") if k.strip()] if args.keep else None
+        convert_network(src, dst, training=_training_info(args.training_info), keep=keep, half=args.half)
     print(f"wrote {dst}")
     return 0
+
+
+def _training_info(path: str | None) -> dict | None:
+    """The JSON object in `path` (facts about a run to record in a checkpoint), or None."""
+    if path is None:
+        return None
+    try:
+        info = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise StyleDeckError(f"--training-info {path}: cannot read a JSON object from it ({exc}).") from exc
+    if not isinstance(info, dict):
+        raise StyleDeckError(f"--training-info {path} holds a {type(info).__name__}; it must be a JSON object.")
+    return info
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,6 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="PATH", help="file to write (default: beside the input, new suffix)")
     p.add_argument("--format", choices=("native", "rosinality"), default="native",
                    help="native (.safetensors, default) or rosinality (.pt, StyleGAN2 only)")
+    p.add_argument("--keep", metavar="NAMES", help="networks to write, comma-separated (e.g. G_ema,D; default all)")
+    p.add_argument("--half", action="store_true", help="store the weights as float16 (half the file size)")
+    p.add_argument("--training-info", metavar="JSON", help="a JSON file of facts about the run (dataset, time, "
+                                                           "machine, ...) to record with the training metadata")
     p.set_defaults(func=cmd_convert)
 
     _add_finetune(sub)

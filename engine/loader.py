@@ -9,7 +9,7 @@ import hashlib
 import json
 import struct
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import nn
@@ -127,21 +127,33 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def convert_network(src: str | Path, dst: str | Path, training: dict[str, Any] | None = None) -> Path:
-    """Read `src` (an NVIDIA pickle or a checkpoint) and write its networks to the native file `dst`."""
+def convert_network(src: str | Path, dst: str | Path, training: dict[str, Any] | None = None,
+                    keep: Sequence[str] | None = None, half: bool = False) -> Path:
+    """Read `src` (an NVIDIA pickle or a checkpoint) and write its networks to the native file `dst`.
+
+    `training` entries are added to the recorded training metadata; `keep` names the networks to
+    write (e.g. G_ema and D, dropping the raw G); `half` stores weights as float16 (see checkpoint).
+    """
     src, dst = Path(src), Path(dst)
     kind = sniff_format(src)
     if kind == "pickle":
         data = read_network_pickle(src)
         nets = build_networks(data, src.name)
         origin = {"source": src.name, "sha256": file_sha256(src), "format": "nvidia-pickle"}
-        if training is None and (nvidia := _jsonable_or_none(training_info(data))):
-            training = {"nvidia": nvidia}
+        recorded = (nvidia := _jsonable_or_none(training_info(data))) and {"nvidia": nvidia}
     else:
         nets, meta = load_checkpoint(src)
         origin = meta.get("origin")  # a re-save keeps the file it came from
-        training = training if training is not None else meta.get("training")
-    return save_checkpoint(dst, nets, origin=origin, training=training)
+        recorded = meta.get("training")
+    if keep is not None:
+        unknown = [key for key in keep if key not in nets]
+        if unknown or not keep:
+            raise StyleDeckError(f"{src.name} holds {', '.join(nets)}; it has no {', '.join(unknown) or 'network'} "
+                                 "to keep.")
+        nets = {key: nets[key] for key in keep}
+    if training:
+        recorded = {**(recorded or {}), **training}
+    return save_checkpoint(dst, nets, origin=origin, training=recorded or None, half=half)
 
 
 def _jsonable_or_none(info: dict[str, Any]) -> dict[str, Any] | None:

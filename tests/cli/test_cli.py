@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.checkpoint import save_checkpoint
+from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.bundled import default_network
 from engine.errors import StyleDeckError
 from engine.images import to_uint8
@@ -219,6 +219,21 @@ def test_convert_round_trips(tmp_path, nets, key):
     assert type(before) is type(after) and before.init_kwargs == after.init_kwargs
     a, b = before.state_dict(), after.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_convert_keeps_named_networks_in_half_precision_with_run_facts(tmp_path, nets):
+    (tmp_path / "run.json").write_text(json.dumps({"dataset": "toyfaces", "machine": "2-core CPU"}))
+    ok(run("convert", "--network", nets["sg2_pkl"], "--output", "small.safetensors", "--keep", "G_ema",
+           "--half", "--training-info", "run.json", cwd=tmp_path))
+    nets_after, meta = load_checkpoint(tmp_path / "small.safetensors")
+    assert list(nets_after) == ["G_ema"] and meta["storage"] == "float16"
+    assert meta["training"]["dataset"] == "toyfaces" and meta["training"]["machine"] == "2-core CPU"
+    before = load_network(nets["sg2_pkl"])["G_ema"].state_dict()
+    after = nets_after["G_ema"].state_dict()
+    assert all(torch.allclose(before[k], after[k], rtol=1e-3, atol=1e-4) for k in before)
+    err = failed(run("convert", "--network", nets["sg2_pkl"], "--output", "x.safetensors", "--keep", "G_ema",
+                     "--training-info", "missing.json", cwd=tmp_path))
+    assert "missing.json" in err and not (tmp_path / "x.safetensors").exists()
 
 
 def test_convert_to_rosinality(tmp_path, nets):

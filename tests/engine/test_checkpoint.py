@@ -12,7 +12,7 @@ from torch import nn
 
 from reference_data import load_reference, perturbed, rel_error, state_of
 from engine.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint
-from engine.errors import CorruptFileError, UnsupportedNetworkError
+from engine.errors import CorruptFileError, StyleDeckError, UnsupportedNetworkError
 from engine.loader import convert_network, file_sha256, load_network, network_info, sniff_format
 from engine.networks import discriminator, stylegan2, stylegan3
 from nvidia_pickle import write_nvidia_pickle
@@ -170,7 +170,19 @@ def test_convert_reference_pickle_keeps_origin_and_images(tmp_path):
     again = convert_network(dst, tmp_path / "again.safetensors", training={"kimg": 1})
     again_meta = load_checkpoint(again)[1]
     assert again_meta["origin"] == meta["origin"]  # a re-save keeps where it came from
-    assert again_meta["training"] == {"kimg": 1}
+    assert again_meta["training"] == {"nvidia": nvidia, "kimg": 1}  # added to what was recorded
+
+    small = convert_network(dst, tmp_path / "small.safetensors", keep=["G_ema", "D"], half=True)
+    small_nets, small_meta = load_checkpoint(small)
+    assert list(small_nets) == ["G_ema", "D"] and small_meta["storage"] == "float16"
+    assert small.stat().st_size < 0.4 * dst.stat().st_size  # a third of the networks, half the bytes each
+    with torch.no_grad():
+        img = small_nets["G_ema"].synthesis(torch.from_numpy(expected["ws_psi0.7"]), noise_mode="const",
+                                            force_fp32=True)
+    assert rel_error(img, expected["img_psi0.7"]) < 1e-2  # float16 weights: close, not exact
+    with pytest.raises(StyleDeckError, match="no G_raw"):
+        convert_network(dst, tmp_path / "bad.safetensors", keep=["G_raw"])
+    assert not (tmp_path / "bad.safetensors").exists()
 
 
 def test_network_info(nets):
