@@ -51,6 +51,7 @@ def load_for_app(path: str, device: str = "cpu", *, progress: Any = None, cancel
     info["device"] = str(getattr(renderer, "device", _device(device)))
     info["precision"] = "float16 + float32" if info.get("num_fp16_res") and "cuda" in info["device"] else "float32"
     info["path"] = str(path)
+    info["provenance"] = engine.provenance_lines(engine.provenance(path))
     return LoadedNetwork(str(path), renderer, info)
 
 

@@ -17,7 +17,7 @@ from engine.jobs import CancelToken, Progress, ProgressCallback, atomic_write
 from engine.latents import (GROUP_NAMES, NOISE_MODES, LatentCache, LayerGroup, NoiseMode, Source, base_mix,
                             check_noise_mode, class_to_c, compose_ws, layer_groups, mix_ws, network_family,
                             parse_range_list, parse_styles, seed_to_z, set_mix_weight, truncate, ws_resolutions)
-from engine.loader import convert_network, load_network, network_info
+from engine.loader import convert_network, load_network, network_info, provenance, provenance_lines
 from engine.networks.stylegan3 import input_transform
 from engine.photo import load_photo
 from engine.projector import ProjectionOptions, ProjectionResult, project, save_projection
@@ -35,7 +35,7 @@ __all__ = [
     "Cancelled", "CorruptFileError", "DeviceOutOfMemoryError", "NetworkFileNotFoundError", "StyleDeckError",
     "UnsafePickleError", "UnsupportedNetworkError",
     # networks on disk, devices
-    "default_network", "models_dir", "resolve_device", "convert_network", "input_transform", "load_checkpoint", "load_network", "network_info", "save_checkpoint",
+    "default_network", "models_dir", "resolve_device", "convert_network", "input_transform", "load_checkpoint", "load_network", "network_info", "provenance", "provenance_lines", "save_checkpoint",
     # latents
     "GROUP_NAMES", "NOISE_MODES", "LatentCache", "LayerGroup", "NoiseMode", "Source", "base_mix",
     "check_noise_mode", "class_to_c", "compose_ws", "layer_groups", "mix_ws", "network_family",

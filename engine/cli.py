@@ -28,7 +28,7 @@ from engine.images import image_grid, save_png, to_uint8
 from engine.jobs import Progress, translate_oom
 from engine.latents import (NOISE_MODES, LatentCache, Source, class_to_c, layer_groups, network_family,
                             parse_range_list, parse_styles, seed_to_z)
-from engine.loader import convert_network, load_network, network_info
+from engine.loader import convert_network, load_network, network_info, provenance, provenance_lines
 from engine.networks.stylegan3 import input_transform
 from engine.rosinality import export_rosinality
 
@@ -131,6 +131,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("z_dim / w_dim", f"{G.z_dim} / {G.w_dim}"),
         ("num_ws", str(G.num_ws)),
         ("parameters", ", ".join(f"{name} {network_info(net)['num_params']:,}" for name, net in networks.items())),
+        *provenance_lines(provenance(path)),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:

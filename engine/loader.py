@@ -14,14 +14,14 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import nn
 
-from engine.checkpoint import family_of_module, load_checkpoint, save_checkpoint
+from engine.checkpoint import family_of_module, load_checkpoint, read_checkpoint_metadata, save_checkpoint
 from engine.errors import CorruptFileError, NetworkFileNotFoundError, StyleDeckError
 from engine.jobs import CancelToken, Progress, ProgressCallback
 from engine.network_pickle import (NETWORK_KEYS, build_networks, load_network_pickle, read_network_pickle,
                                    training_info)
 
-__all__ = ["convert_network", "file_sha256", "load_network", "network_info",
-           "sniff_format"]
+__all__ = ["convert_network", "file_sha256", "load_network", "network_info", "provenance",
+           "provenance_lines", "sniff_format"]
 
 FileFormat = Literal["pickle", "safetensors"]
 _WHAT_WE_OPEN = "StyleDeck opens NVIDIA network pickles (.pkl) and StyleDeck checkpoints (.safetensors)"
@@ -117,6 +117,46 @@ def network_info(G: nn.Module) -> dict[str, Any]:
             # R configs use 1x1 kernels and radial filters; T configs 3x3 kernels
             info["config"] = "R" if G.init_kwargs.get("use_radial_filters") else "T"
     return info
+
+
+def provenance(path: str | Path) -> dict[str, Any]:
+    """What a network file records about where it came from: origin, training facts, weight storage.
+
+    A StyleDeck checkpoint's metadata (no tensors read); an NVIDIA pickle's facts need the whole
+    file read, so a pickle gives {} here (`convert` records them).
+    """
+    path = Path(path)
+    if sniff_format(path) != "safetensors":
+        return {}
+    meta = read_checkpoint_metadata(path)
+    return {key: meta[key] for key in ("origin", "training", "storage") if meta.get(key) is not None}
+
+
+def provenance_lines(facts: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, text) rows describing `provenance(...)` for people: dataset, training run, storage."""
+    rows: list[tuple[str, str]] = []
+    training = facts.get("training") or {}
+    dataset = training.get("dataset")
+    if isinstance(dataset, dict):
+        details = ", ".join(str(x) for x in (dataset.get("variant"),
+                                             dataset.get("count") and f"{dataset['count']:,} images",
+                                             dataset.get("resolution") and f"{dataset['resolution']} px") if x)
+        rows.append(("dataset", f"{dataset.get('name', '?')}" + (f" ({details})" if details else "")))
+    elif isinstance(dataset, str):
+        rows.append(("dataset", dataset))
+    if "kimg" in training:
+        run = f"{float(training['kimg']):.1f} kimg"
+        if isinstance(training.get("training_time_s"), (int, float)):
+            run += f" in {training['training_time_s'] / 3600:.1f} h"
+        if training.get("machine"):
+            run += f" on {training['machine']}"
+        rows.append(("training", run))
+    origin = facts.get("origin") or {}
+    if origin.get("source"):
+        rows.append(("origin", str(origin["source"])))
+    if facts.get("storage") == "float16":
+        rows.append(("weights", "stored as float16"))
+    return rows
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -30,7 +30,7 @@ FILE_FILTER = "Networks (*.pkl *.safetensors);;NVIDIA pickles (*.pkl);;StyleDeck
 # model info rows: (key in the info view, label)
 INFO_ROWS = (("file", "File"), ("kind", "Kind"), ("resolution", "Resolution"), ("num_ws", "W+ layers (num_ws)"),
              ("layers", "Synthesis layers"), ("parameters", "Parameters"), ("device", "Device"),
-             ("precision", "Precision"), ("conditional", "Conditional"))
+             ("precision", "Precision"), ("conditional", "Conditional"), ("provenance", "Made from"))
 _FAMILY_NAMES = {"stylegan2": "StyleGAN2", "stylegan3": "StyleGAN3", "discriminator": "Discriminator"}
 
 
@@ -70,6 +70,8 @@ def describe(info: dict[str, Any]) -> dict[str, str]:
         rows["precision"] = "float32" if n16 == 0 else f"float32, float16 in the top {n16} resolutions"
     c_dim = int(info.get("c_dim", 0) or 0)
     rows["conditional"] = f"yes, {c_dim} classes" if c_dim else "no"
+    facts = info.get("provenance") or []   # engine.provenance_lines: (label, text) rows
+    rows["provenance"] = "\n".join(f"{label}: {text}" for label, text in facts) or "-"
     return rows
 
 
