@@ -12,10 +12,12 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +27,7 @@ from engine.bundled import default_network
 from engine.devices import resolve_device
 from engine.errors import Cancelled, StyleDeckError
 from engine.images import image_grid, save_png, to_uint8
-from engine.jobs import Progress, translate_oom
+from engine.jobs import CancelToken, Progress, translate_oom
 from engine.latents import (NOISE_MODES, LatentCache, Source, class_to_c, layer_groups, network_family,
                             parse_range_list, parse_styles, seed_to_z)
 from engine.loader import convert_network, load_network, network_info, provenance, provenance_lines
@@ -278,7 +280,7 @@ def finetune_options(args: argparse.Namespace):
 
 _FINETUNE_FLAGS = ("outdir", "data", "cfg", "batch", "gamma", "kimg", "tick", "snap", "mirror", "aug", "p", "target",
                    "resume", "glr", "dlr", "cbase", "cmax", "map", "mbstd_group", "freezed", "cond", "resolution",
-                   "fit", "seed", "device")
+                   "fit", "minutes", "seed", "device")
 
 
 def _finetune_argv(args: argparse.Namespace) -> list[str]:
@@ -308,8 +310,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         log.warning("--gpus %d, but torchrun started %d processes; using %d", args.gpus, world, world)
     rank0 = int(os.environ.get("RANK", 0)) == 0
     total = int(round(opts.kimg * 1000))
+    stop = StopRequests(args.minutes)
     with tqdm(total=total, desc="training", unit="img", file=sys.stderr, dynamic_ncols=True,
-              disable=not rank0, unit_scale=True) as bar:
+              disable=not rank0, unit_scale=True) as bar, stop:
         def show(event: Progress) -> None:
             bar.update(max(event.step - bar.n, 0))
             bar.set_postfix_str(event.message, refresh=False)
@@ -320,12 +323,59 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                 if m.get("gpu_mem_gb"):
                     parts.append(f"gpumem {m['gpu_mem_gb']:.2f} GB")
                 bar.write("  ".join(parts))
-        result = train(opts, progress=show)
+        try:
+            result = train(opts, progress=show, cancel=stop.token)
+        except Cancelled as exc:
+            if rank0:
+                snap = getattr(exc, "snapshot", None)
+                print(f"stopped ({stop.reason}); last snapshot: {snap}; continue with --resume latest")
+            return 0 if stop.reason == "time limit" else 130
     if rank0:
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)
         print(f"trained to {result.kimg:.3f} kimg; last snapshot: {result.snapshot}")
     return 0
+
+
+class StopRequests:
+    """Turns Ctrl+C, SIGTERM and the --minutes limit into a cancel that first writes a snapshot.
+
+    A second Ctrl+C interrupts at once, as usual.
+    """
+
+    def __init__(self, minutes: float | None):
+        self.token = CancelToken()
+        self.reason = ""
+        self.minutes = minutes
+        self._timer: threading.Timer | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _request(self, reason: str) -> None:
+        if not self.reason:
+            self.reason = reason
+        self.token.cancel()
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))  # the next one acts at once
+        print(f"\n{signal.Signals(signum).name}: stopping after this step and writing a snapshot ...",
+              file=sys.stderr)
+        self._request(signal.Signals(signum).name)
+
+    def __enter__(self) -> "StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._on_signal)
+        if self.minutes is not None:
+            self._timer = threading.Timer(self.minutes * 60, self._request, args=("time limit",))
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
@@ -360,6 +410,8 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cond", type=_flag, nargs="?", const=True, help="scratch: conditional on dataset.json labels")
     p.add_argument("--resolution", type=int, help="output size when training from scratch")
     p.add_argument("--fit", choices=("crop", "pad"), help="make images square by centre crop or padding (default crop)")
+    p.add_argument("--minutes", type=float, metavar="M", help="stop after M minutes, writing a snapshot first "
+                                                             "(Ctrl+C and SIGTERM do the same); resume with --resume latest")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--device", help="auto (CUDA when available; default), cpu, cuda or cuda:N")
     p.add_argument("--no-cache", dest="cache", action="store_const", const=False,

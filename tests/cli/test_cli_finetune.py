@@ -1,5 +1,11 @@
-"""`python main.py finetune`: NVIDIA train.py's flags, a short run, the torchrun hint, resume."""
+"""`python main.py finetune`: NVIDIA train.py's flags, a short run, the torchrun hint, resume, stopping."""
 from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -9,6 +15,7 @@ from engine.cli import build_parser, finetune_options, main
 from engine.images import save_png
 from engine.loader import load_network
 from engine.training.snapshot import find_snapshots
+from run_main import ROOT
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -81,3 +88,32 @@ def test_a_folder_without_images_is_an_error(tmp_path, capsys):
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
     assert main(["finetune", "--outdir", str(tmp_path / "o"), "--data", str(tmp_path / "empty"), *TINY]) == 1
     assert "no usable image" in capsys.readouterr().err
+
+
+def test_minutes_limit_stops_with_a_snapshot_that_resumes(tmp_path, folder, capsys):
+    outdir = tmp_path / "run"
+    argv = ["finetune", "--outdir", str(outdir), "--data", str(folder), "--kimg", "100", *TINY]
+    assert main([*argv, "--minutes", "0.02"]) == 0                    # 1.2 s, then a clean stop
+    out = capsys.readouterr().out
+    assert "stopped (time limit)" in out and "--resume latest" in out
+    first = find_snapshots(outdir)[-1]
+    assert 0 < first.cur_nimg < 100_000
+    assert main([*argv, "--minutes", "0.02", "--resume", "latest"]) == 0
+    assert find_snapshots(outdir)[-1].cur_nimg > first.cur_nimg
+
+
+def test_sigterm_stops_with_a_snapshot(tmp_path, folder):
+    outdir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "finetune", "--outdir", str(outdir),
+                             "--data", str(folder), "--kimg", "100", *TINY], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (outdir / "reals.png").exists():
+        time.sleep(0.2)                                                 # training has started
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "SIGTERM" in err and "stopped (SIGTERM)" in out
+    assert find_snapshots(outdir) and find_snapshots(outdir)[-1].network.is_file()
