@@ -1,10 +1,7 @@
 """ModelPanel and KnownNetworksDialog on real widgets; downloads come from a server on 127.0.0.1."""
 from __future__ import annotations
 
-import http.server
-import pickle
 import socket
-import threading
 from pathlib import Path
 
 import pytest
@@ -13,55 +10,24 @@ from PySide6.QtCore import QSettings
 import engine
 from app.panels.model import MAX_RECENT, KnownNetworksDialog, ModelPanel
 from engine.networks import stylegan2, stylegan3
+from network_server import PAYLOAD, NetworkHandler, serve
 
-PAYLOAD = pickle.dumps({"weights": bytes(range(256)) * 800}, protocol=4)
 TIMEOUT_MS = 15_000
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    release = threading.Event()
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802
-        if self.path not in ("/net.pkl", "/slow.pkl"):
-            self.send_error(404, "Not Found")
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(PAYLOAD)))
-        self.end_headers()
-        try:
-            if self.path == "/slow.pkl":          # a first part, then nothing until released
-                self.wfile.write(PAYLOAD[:8192])
-                self.wfile.flush()
-                self.release.wait(10)
-                self.wfile.write(PAYLOAD[8192:])
-            else:
-                self.wfile.write(PAYLOAD)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
 
 
 @pytest.fixture(scope="module")
 def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    _Handler.release.set()
-    httpd.shutdown()
-    httpd.server_close()
+    with serve() as url:
+        yield url
 
 
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
     folder = tmp_path / "cache"
     monkeypatch.setenv("STYLEDECK_CACHE", str(folder))
-    _Handler.release.clear()
+    NetworkHandler.release.clear()
     yield folder
-    _Handler.release.set()
+    NetworkHandler.release.set()
 
 
 @pytest.fixture
@@ -249,7 +215,7 @@ def test_cancel_stops_the_download_and_leaves_no_file(qtbot, server, cache):
     assert dialog.progress_bar.isVisible() and dialog.progress_bar.maximum() == 1000   # the size is known
     with qtbot.waitSignal(dialog.runner.cancelled, timeout=TIMEOUT_MS):
         dialog.cancel_button.click()
-        _Handler.release.set()                 # let the server send the next chunk, so the job sees Cancel
+        NetworkHandler.release.set()                 # let the server send the next chunk, so the job sees Cancel
     dialog.runner.wait()
     assert "Cancelled the download" in dialog.message_label.text()
     assert not any(cache.iterdir()) and not dialog.is_cached(0)

@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
-import http.server
 import json
-import pickle
 import socket
-import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -16,81 +13,21 @@ import engine
 from engine import (KNOWN_NETWORKS, CancelToken, Cancelled, CorruptFileError, DownloadError, KnownNetwork,
                     StyleDeckError, cache_dir, cached_path, download_network)
 from engine.downloads import load_known_networks
-
-# a real pickle (PROTO opcode first) a few chunks long
-PAYLOAD = pickle.dumps({"weights": bytes(range(256)) * 1200}, protocol=4)
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    release = threading.Event()          # the slow and silent routes wait for this
-    hits: list[str] = []
-
-    def log_message(self, *args) -> None:  # keep test output clean
-        pass
-
-    def _head(self, length: int | None, status: int = 200) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream")
-        if length is not None:
-            self.send_header("Content-Length", str(length))
-        else:
-            self.send_header("Connection", "close")
-        self.end_headers()
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        self.hits.append(self.path)
-        try:
-            if self.path == "/net.pkl":
-                self._head(len(PAYLOAD))
-                self.wfile.write(PAYLOAD)
-            elif self.path == "/nolength.pkl":      # size unknown: body ends when the connection closes
-                self.close_connection = True
-                self._head(None)
-                self.wfile.write(PAYLOAD)
-            elif self.path == "/truncated.pkl":     # promises the whole file, sends half, hangs up
-                self.close_connection = True
-                self._head(len(PAYLOAD))
-                self.wfile.write(PAYLOAD[: len(PAYLOAD) // 2])
-                self.wfile.flush()
-                self.connection.shutdown(socket.SHUT_RDWR)
-            elif self.path == "/slow.pkl":          # a first part, then nothing until released
-                self._head(len(PAYLOAD))
-                self.wfile.write(PAYLOAD[:16384])
-                self.wfile.flush()
-                self.release.wait(10)
-                self.wfile.write(PAYLOAD[16384:])
-            elif self.path == "/silent.pkl":        # accepts, never answers
-                self.release.wait(10)
-            elif self.path == "/page.pkl":          # a captive portal's idea of a network
-                body = b"<html><body>Please log in</body></html>"
-                self._head(len(body))
-                self.wfile.write(body)
-            else:
-                self.send_error(404, "Not Found")
-        except (BrokenPipeError, ConnectionResetError):
-            pass                                    # the client gave up (cancel, timeout): fine
-
+from network_server import PAYLOAD, NetworkHandler, serve
 
 @pytest.fixture(scope="module")
 def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    _Handler.release.set()
-    httpd.shutdown()
-    httpd.server_close()
+    with serve() as url:
+        yield url
 
 
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
     folder = tmp_path / "cache"
     monkeypatch.setenv("STYLEDECK_CACHE", str(folder))
-    _Handler.release.clear()
+    NetworkHandler.release.clear()
     yield folder
-    _Handler.release.set()
+    NetworkHandler.release.set()
 
 
 def closed_port_url() -> str:
@@ -134,13 +71,13 @@ def test_download_streams_into_the_cache_with_progress(server, cache):
 def test_a_cached_network_is_not_downloaded_again(server, cache):
     entry = entry_for(f"{server}/net.pkl", filename="again.pkl")
     download_network(entry)
-    before = len(_Handler.hits)
+    before = len(NetworkHandler.hits)
     events = []
     assert download_network(entry, progress=events.append) == cache / "again.pkl"
-    assert len(_Handler.hits) == before                              # served from the cache
+    assert len(NetworkHandler.hits) == before                              # served from the cache
     assert events[-1].step == events[-1].total == len(PAYLOAD)
     download_network(entry, force=True)
-    assert len(_Handler.hits) == before + 1
+    assert len(NetworkHandler.hits) == before + 1
 
 
 def test_unknown_length_downloads_and_reports_bytes(server, cache):
