@@ -9,8 +9,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "STYLEDECK_MODELS": str(cwd / "no-models")}  # never the repository's models/
+def run(*args: str, cwd: Path, models: Path | None = None) -> subprocess.CompletedProcess:
+    """`models`: the bundled-models folder the run sees; by default an empty one, never models/."""
+    env = {**os.environ, "STYLEDECK_MODELS": str(models or cwd / "no-models")}
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
