@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (QDockWidget, QFileDialog, QLabel, QMainWindow, QM
 import engine
 from app.canvas import ImageCanvas
 from app.job_runner import JobRunner
+from app.panels.animation import AnimationPanel
 from app.panels.finetune import FinetunePanel
 from app.panels.mixing import MixingPanel
 from app.panels.model import ModelPanel
@@ -62,8 +63,8 @@ def _device(name: str) -> str:
 
 class MainWindow(QMainWindow):
     """StyleDeck's editing window. Attributes tests use: session, render_controller, canvas, source_strip,
-    mixing_panel, truncation_panel, noise_panel, model_panel, finetune_panel, projection_panel, docks, error_box,
-    last_error."""
+    mixing_panel, truncation_panel, noise_panel, model_panel, finetune_panel, projection_panel, animation_panel,
+    docks, error_box, last_error."""
 
     def __init__(self, model_path: str | None = None, device: str = "cpu"):
         super().__init__()
@@ -106,6 +107,8 @@ class MainWindow(QMainWindow):
         self.finetune_panel = FinetunePanel(device=device, editor_network=lambda: self.network_path,
                                             editor_state=lambda: self.session.state)
         self.projection_panel = ProjectionPanel(device=device, editor_network=lambda: self.network_path)
+        self.animation_panel = AnimationPanel(device=device, editor_network=lambda: self.network_path,
+                                              editor_state=lambda: self.session.state)
         self.panels = (self.mixing_panel, self.truncation_panel, self.noise_panel)
         self.docks: dict[str, QDockWidget] = {}
         self._add_dock("model", "Model", self.model_panel, Qt.LeftDockWidgetArea)
@@ -124,6 +127,11 @@ class MainWindow(QMainWindow):
         self.docks["projection"].hide()  # View > Projection shows it, a tab beside the right-hand docks
         self.docks["projection"].toggleViewAction().triggered.connect(
             lambda checked: checked and self.show_panel("projection"))
+        self._add_dock("animation", "Animation", self.animation_panel, Qt.RightDockWidgetArea)
+        self.tabifyDockWidget(self.docks["noise"], self.docks["animation"])
+        self.docks["animation"].hide()  # View > Animation shows it, a tab beside the right-hand docks
+        self.docks["animation"].toggleViewAction().triggered.connect(
+            lambda checked: checked and self.show_panel("animation"))
         self.resizeDocks([self.docks["model"]], [320], Qt.Horizontal)
         self.resizeDocks([self.docks["mixing"]], [380], Qt.Horizontal)
         self.model_panel.open_requested.connect(self.open_network)
@@ -132,6 +140,9 @@ class MainWindow(QMainWindow):
         self.finetune_panel.message.connect(lambda text: self.statusBar().showMessage(text, 10000))
         self.projection_panel.projected.connect(self._photo_projected)
         self.projection_panel.message.connect(lambda text: self.statusBar().showMessage(text, 10000))
+        self.animation_panel.message.connect(lambda text: self.statusBar().showMessage(text, 10000))
+        self.session.changed.connect(self.animation_panel.schedule_preview)
+        self.docks["animation"].visibilityChanged.connect(lambda visible: visible and self.animation_panel.schedule_preview())
 
         self._build_menus()
         self.render_label = QLabel("no image yet")
@@ -241,6 +252,7 @@ class MainWindow(QMainWindow):
         self.model_panel.add_recent(loaded.path)
         self.finetune_panel.set_editor_network(loaded.path)
         self.projection_panel.set_resolution(int(loaded.info.get("resolution", 0)) or None)
+        self.animation_panel.set_family(renderer.family)
         self.setWindowTitle(f"StyleDeck — {Path(loaded.path).name}")
         self.statusBar().showMessage(f"Opened {Path(loaded.path).name}", 5000)
         self.session.reset(state)  # -> changed -> the controller renders it
@@ -434,6 +446,7 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("Fine-tuning was stopped because the window closed; its snapshots "
                                          "are kept.")
         self.projection_panel.shutdown()
+        self.animation_panel.shutdown()
         if self.loader.running:
             self.loader.cancel()
             self.loader.wait()

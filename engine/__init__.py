@@ -19,11 +19,15 @@ from engine.latents import (GROUP_NAMES, NOISE_MODES, LatentCache, LayerGroup, N
                             parse_range_list, parse_styles, seed_to_z, set_mix_weight, truncate, ws_resolutions)
 from engine.loader import convert_network, load_network, network_info, provenance, provenance_lines
 from engine.networks.stylegan3 import input_transform
-from engine.photo import load_photo
-from engine.projector import ProjectionOptions, ProjectionResult, project, save_projection
-from engine.pti import PTIOptions, PTIResult, apply_delta, load_delta, pivotal_tune, save_delta
+from engine.photo import PreparedPhoto, load_photo, prepare_photo
+from engine.projector import ProjectionOptions, ProjectionResult, lpips_loss, project, save_projection
+from engine.pti import (PTIOptions, PTIResult, TunedPhoto, apply_delta, load_delta, pivotal_tune, save_delta,
+                        tune_projection)
 from engine.recipe import read_image_recipe, recipe_sidecar, save_image
 from engine.renderer import RenderResult, Renderer
+from engine.video import (AnimationSpec, ExportResult, Motion, current_keyframe, export_animation, keyframe_spec,
+                          preview_animation, render_frames)
+from engine.video_encode import EncodeOptions
 # fine-tuning
 from engine.blending import BlendPreview, BlendResult, blend_block_names, blend_files, blend_networks, blend_schedule
 from engine.training import (DATASET_MESSAGE, DatasetReport, Failed, FinetuneProcess, Finished, Progressed,
@@ -48,10 +52,14 @@ __all__ = [
     "EditState", "from_json", "group_amount", "initial_state", "load_session", "save_session", "set_group_amount",
     "to_json", "with_base", "with_source", "without_source",
     # projection
-    "PTIOptions", "PTIResult", "ProjectionOptions", "ProjectionResult", "apply_delta", "load_delta", "load_photo",
-    "pivotal_tune", "project", "save_delta", "save_projection",
+    "PTIOptions", "PTIResult", "PreparedPhoto", "ProjectionOptions", "ProjectionResult", "TunedPhoto", "apply_delta",
+    "load_delta", "load_photo", "lpips_loss", "pivotal_tune", "prepare_photo", "project", "save_delta",
+    "save_projection", "tune_projection",
     # rendering and saved images
     "RenderResult", "Renderer", "read_image_recipe", "recipe_sidecar", "save_image",
+    # animations
+    "AnimationSpec", "EncodeOptions", "ExportResult", "Motion", "current_keyframe", "export_animation", "keyframe_spec",
+    "preview_animation", "render_frames",
     # published networks
     "KNOWN_NETWORKS", "DownloadError", "KnownNetwork", "cache_dir", "cached_path", "download_network",
     "find_known_network",

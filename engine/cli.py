@@ -1,6 +1,6 @@
 """The command line: `python main.py <command>` (or `styledeck <command>`).
 
-Commands: info, generate, mix, convert, project, finetune, blend, make-dataset. Options mean what they
+Commands: info, generate, mix, convert, project, finetune, blend, make-dataset, video. Options mean what they
 mean in NVIDIA's gen_images.py, style_mixing.py, projector.py and train.py (--network, --seeds 0-3,7, --trunc, --class,
 --noise-mode, --translate, --rotate, --outdir; --rows, --cols, --styles; --data, --kimg, ...), so
 their command lines keep working; output files are named as theirs (seed0042.png, 3-7.png, grid.png).
@@ -458,14 +458,17 @@ def cmd_make_dataset(args: argparse.Namespace) -> int:
 def cmd_project(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from engine.photo import load_photo
+    from engine.photo import prepare_photo
     from engine.projector import ProjectionOptions, project, save_projection
+    from engine.pti import PTIOptions
     from engine.training.dataset import IMAGE_EXTENSIONS
 
     given = {f.name: getattr(args, f.name) for f in fields(ProjectionOptions) if getattr(args, f.name, None) is not None}
     if args.save_video:
         given["preview_every"] = 1                                       # NVIDIA's video has every step
     opts = ProjectionOptions(**given)
+    pti = PTIOptions(**{name: value for name, value in (("steps", args.pti_steps), ("lr", args.pti_lr),
+                                                        ("rank", args.pti_rank)) if value is not None})
     target = Path(args.target)
     if target.is_dir():                                                  # batch: one subfolder per photo
         photos = sorted(p for p in target.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
@@ -480,13 +483,16 @@ def cmd_project(args: argparse.Namespace) -> int:
     failures = 0
     for path, outdir in jobs:
         try:
-            image = load_photo(path, G.img_resolution, fit=args.fit, channels=G.img_channels)
+            photo = prepare_photo(path, G.img_resolution, fit=args.fit, channels=G.img_channels, align=args.align)
         except StyleDeckError as exc:
             if len(jobs) == 1:
                 raise
             print(f"error: {exc} Skipped.", file=sys.stderr)
             failures += 1
             continue
+        if photo.note:
+            print(f"note: {photo.note}", file=sys.stderr)
+        image = photo.image
         frames: list[np.ndarray] = []
         with progress_bar(opts.num_steps, f"projecting {path.name}", unit="step") as advance, _translate_oom():
             def show(event: Progress) -> None:
@@ -496,8 +502,141 @@ def cmd_project(args: argparse.Namespace) -> int:
             result = project(G, image, opts, progress=show)
         written = save_projection(outdir, result, image, video_frames=frames if args.save_video else None)
         print(f"{path.name}: wrote {', '.join(p.name for p in written.values())} to {outdir} "
-              f"({result.loss_used} loss {result.losses[-1]:.4f})")
+              f"({'aligned face, ' if photo.aligned else ''}{result.loss_used} loss {result.losses[-1]:.4f})")
+        if args.pti:
+            _pivotal_tune_projection(G, result, image, opts, pti, outdir)
     return 1 if failures else 0
+
+
+def _pivotal_tune_projection(G: torch.nn.Module, result: Any, image: np.ndarray, opts: Any, pti: Any,
+                             outdir: Path) -> None:
+    """--pti: tune G around the projected ws, write the compact delta and its image, report both forms' PSNR."""
+    from dataclasses import replace
+
+    from engine.projector import lpips_loss
+    from engine.pti import save_delta, tune_projection
+
+    # PTI follows the projection's loss: LPIPS (+ MSE, as the PTI paper) when it ran, MSE otherwise.
+    loss_fn = lpips_loss(opts, next(G.parameters()).device) if result.loss_used == "lpips" else None
+    pti = replace(pti, loss="lpips" if loss_fn is not None else "pixel")
+    with progress_bar(pti.steps, "pivotal tuning", unit="step") as advance, _translate_oom():
+        tuned = tune_projection(G, result.ws, image, pti, loss_fn=loss_fn, progress=advance)
+    delta_path = save_delta(outdir / "pti_delta.safetensors", tuned.delta)
+    save_png(outdir / "proj_pti.png", tuned.image)
+    print(f"pivotal tuning ({pti.steps} steps, {pti.loss} loss): wrote {delta_path.name} and proj_pti.png; "
+          f"{tuned.report.summary()}")
+
+
+# ---------------------------------------------------------------------------------------------
+# video (animations; engine/video.py)
+
+def _grid_size(text: str) -> tuple[int, int]:
+    """NVIDIA's --grid syntax: "4x2" or "4,2" -> (columns, rows)."""
+    parts = text.lower().replace("x", ",").split(",")
+    if len(parts) == 2 and all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        return int(parts[0]), int(parts[1])
+    raise argparse.ArgumentTypeError(f"expected columns x rows like 2x2; got {text!r}")
+
+
+def _video_size(text: str) -> tuple[int, int] | int:
+    from engine.video_encode import parse_size
+    try:
+        return parse_size(text)
+    except StyleDeckError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def cmd_video(args: argparse.Namespace) -> int:
+    from engine.renderer import Renderer
+    from engine.video import Motion, export_animation, keyframe_spec
+    from engine.video_encode import EncodeOptions
+
+    if args.angles is not None and (args.turns is not None or args.rotate):
+        raise StyleDeckError("--angles sets the start and end angle; give it without --turns or --rotate.")
+    start_angle = args.angles[0] if args.angles is not None else args.rotate
+    turned = (args.angles[1] - args.angles[0]) if args.angles is not None else 360.0 * (args.turns or 0.0)
+    motion = Motion(origin=(start_angle, *args.translate), rotate=turned, path=args.path, shift=args.shift,
+                    radius=args.radius, cycles=args.cycles)
+    _, _, G = load_generator(args)
+    class_to_c(args.class_idx, G.c_dim)                                   # a clear error before any work
+    _warn_unused_class(G, args)
+    spec = keyframe_spec(args.seeds, grid=args.grid, num_keyframes=args.num_keyframes, w_frames=args.w_frames,
+                         shuffle_seed=args.shuffle_seed, class_idx=args.class_idx,
+                         interpolation=args.interpolation, easing=args.easing, loop=args.loop, motion=motion,
+                         psi=args.trunc, cutoff=args.trunc_cutoff, noise_mode=args.noise_mode)
+    if args.frames is not None or args.duration is not None or not args.loop:
+        from dataclasses import replace
+        segments = spec.num_keyframes if args.loop else max(spec.num_keyframes - 1, 1)
+        frames = args.frames if args.frames is not None else (
+            round(args.duration * args.fps) if args.duration is not None else segments * args.w_frames)
+        spec = replace(spec, num_frames=frames)
+    renderer = Renderer(G, next(G.parameters()).device)
+    size = args.size
+    if isinstance(size, int):                                             # the longer side; keep the aspect
+        cols, rows = spec.grid
+        scale = size / (G.img_resolution * max(cols, rows))
+        size = (max(1, round(G.img_resolution * cols * scale)), max(1, round(G.img_resolution * rows * scale)))
+    opts = EncodeOptions(fps=args.fps, format=args.format, size=size, quality=args.quality, bitrate=args.bitrate,
+                         loop=args.repeat)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with progress_bar(spec.num_frames, "rendering", unit="frame") as advance:
+        result = export_animation(renderer, spec, output, opts, batch=args.batch, progress=advance)
+    total = result.render_s + result.encode_s
+    print(f"wrote {result.num_frames} frames ({result.size[0]}x{result.size[1]}, {result.fps:g} fps, {result.format}) "
+          f"to {result.path}; render {result.render_s:.1f} s, encode {result.encode_s:.1f} s "
+          f"({result.num_frames / max(total, 1e-9):.1f} frames/s)")
+    return 0
+
+
+def _add_video(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("video", help="render an animation: latent loops, StyleGAN3 rotation and translation "
+                                     "(like NVIDIA's gen_video.py)",
+                       description="Render a looping interpolation through seed keyframes (options as NVIDIA's "
+                                   "gen_video.py: each grid cell loops through --num-keyframes seeds, --w-frames "
+                                   "frames apart), optionally turned and moved through a StyleGAN3 network's input "
+                                   "transform, to mp4, gif, webp or a folder of PNG frames.")
+    _add_network(p)
+    p.add_argument("--seeds", type=_range_list, required=True, help="keyframe seeds, e.g. 0-31")
+    p.add_argument("--shuffle-seed", dest="shuffle_seed", type=int, default=None, help="shuffle the seeds with this seed")
+    p.add_argument("--grid", type=_grid_size, default=(1, 1), metavar="WxH", help="grid of loops, e.g. 2x2 (default 1x1)")
+    p.add_argument("--num-keyframes", dest="num_keyframes", type=int, default=None,
+                   help="keyframes per cell; the seeds repeat to fill (default: len(seeds) / cells)")
+    p.add_argument("--w-frames", dest="w_frames", type=int, default=120, help="frames between keyframes (default 120)")
+    _add_latent_options(p)
+    p.add_argument("--output", required=True, metavar="PATH",
+                   help="lerp.mp4, .gif, .webp, or a folder name for PNG frames")
+    p.add_argument("--interpolation", choices=("cubic", "linear", "spherical"), default="cubic",
+                   help="how W moves between keyframes: cubic spline (gen_video.py's; default), linear, or "
+                        "spherical about w_avg")
+    p.add_argument("--easing", choices=("linear", "smooth"), default="linear",
+                   help="smooth: ease in and out at each keyframe and at the ends of the motion")
+    p.add_argument("--no-loop", dest="loop", action="store_false",
+                   help="go from the first keyframe to the last once instead of looping back")
+    p.add_argument("--frames", type=int, default=None, help="total frames (default: keyframe segments x --w-frames)")
+    p.add_argument("--duration", type=float, default=None, metavar="S", help="length in seconds (frames = S x fps)")
+    p.add_argument("--rotate", type=float, default=0.0, metavar="DEG", help="StyleGAN3: starting rotation in degrees")
+    p.add_argument("--translate", type=_vec2, default=(0.0, 0.0), metavar="X,Y",
+                   help="StyleGAN3: starting translation in image widths")
+    p.add_argument("--turns", type=float, default=None, help="StyleGAN3: full turns over the animation, e.g. 1")
+    p.add_argument("--angles", type=_vec2, default=None, metavar="FROM,TO",
+                   help="StyleGAN3: rotate from FROM to TO degrees over the animation")
+    p.add_argument("--path", choices=("none", "line", "circle", "figure8"), default="none",
+                   help="StyleGAN3: translation path (default none)")
+    p.add_argument("--shift", type=_vec2, default=(0.0, 0.0), metavar="X,Y",
+                   help="--path line: offset reached at the end, in image widths (a loop comes back)")
+    p.add_argument("--radius", type=float, default=0.1, help="--path circle/figure8: size in image widths (default 0.1)")
+    p.add_argument("--cycles", type=int, default=1, help="--path circle/figure8: times round (default 1)")
+    p.add_argument("--format", choices=("mp4", "gif", "webp", "png"), default=None,
+                   help="output format (default: from the --output suffix)")
+    p.add_argument("--fps", type=float, default=60.0, help="frames per second (default 60, as gen_video.py)")
+    p.add_argument("--size", type=_video_size, default=None, metavar="WxH|N",
+                   help="output size, or one number for the longer side (default: as rendered)")
+    p.add_argument("--quality", type=float, default=8.0, help="0-10: mp4 CRF, webp quality (default 8)")
+    p.add_argument("--bitrate", default=None, help="mp4: fixed bitrate instead of --quality, e.g. 16M")
+    p.add_argument("--repeat", type=int, default=0, help="gif/webp: times to play, 0 = for ever (default)")
+    p.add_argument("--batch", type=int, default=8, help="frames rendered per network call (default 8)")
+    p.set_defaults(func=cmd_video)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -621,7 +760,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torchvision's VGG16 weights file (vgg16-397923af.pth) when it is not in torch.hub's cache")
     p.add_argument("--fit", choices=("crop", "pad"), default="crop",
                    help="make the photo square by a centred crop (default) or white padding")
+    p.add_argument("--align", action="store_true",
+                   help="FFHQ-style face crop from eye and mouth landmarks (dlib); without a detector or a face, "
+                        "--fit is used and a note says so")
+    p.add_argument("--w-plus-from", dest="w_plus_from", type=float, metavar="SHARE",
+                   help="w+ mode: share of the steps run in w first, so the layers start from one w (default 0)")
+    p.add_argument("--pti", action="store_true",
+                   help="then pivotal tuning: fine-tune the network around the latent and write the change as a "
+                        "compact low-rank delta, pti_delta.safetensors, and its image, proj_pti.png")
+    p.add_argument("--pti-steps", dest="pti_steps", type=int, metavar="N", help="pivotal-tuning steps (default 350)")
+    p.add_argument("--pti-lr", dest="pti_lr", type=float, metavar="LR",
+                   help="pivotal-tuning learning rate (default 3e-4)")
+    p.add_argument("--pti-rank", dest="pti_rank", type=int, metavar="R",
+                   help="rank of the stored delta per weight tensor (default 8)")
     p.set_defaults(func=cmd_project)
+
+    _add_video(sub)
     return parser
 
 

@@ -4,21 +4,36 @@ Decoding tries OpenCV first (JPEG turned upright by EXIF, 16-bit PNG scaled to 8
 kept) and Pillow second (GIF, TIFF and the other formats OpenCV lacks). The pixels are then
 prepared exactly as training images are (`engine.training.dataset.prepare_image`): alpha
 composited on white, grayscale repeated to three channels, a centred square crop or white
-padding, INTER_AREA when shrinking and LANCZOS4 when growing.
+padding, INTER_AREA when shrinking and LANCZOS4 when growing. With `align`, an FFHQ-style face
+crop (engine.face_align) replaces the square crop; where no detector is installed or no face is
+found, the user's fit is used and `PreparedPhoto.note` says so.
 """
 from __future__ import annotations
 
 import io
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from engine.errors import CorruptFileError
+from engine.face_align import FaceAlignUnavailable, NoFaceFound, align_face
 from engine.training.dataset import UnusableImage, decode_image, prepare_image
 
-__all__ = ["decode_photo", "load_photo"]
+__all__ = ["PreparedPhoto", "decode_photo", "load_photo", "prepare_photo"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreparedPhoto:
+    """image uint8 [R, R, C]; aligned: the FFHQ face crop was used; note: why not, when it was asked for."""
+    image: np.ndarray
+    aligned: bool = False
+    note: str = ""
 
 
 def _decode_cv2(data: bytes) -> np.ndarray | None:
@@ -59,9 +74,17 @@ def decode_photo(data: bytes, name: str = "image") -> np.ndarray:
     return image
 
 
-def load_photo(path: str | os.PathLike, resolution: int, *, fit: Literal["crop", "pad"] = "crop",
-               channels: int = 3) -> np.ndarray:
-    """Read a photo and prepare it for a network of side `resolution`: uint8 [R, R, channels].
+def _read(path: Path) -> np.ndarray:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CorruptFileError(f"Cannot read the photo {path}: {exc.strerror or exc}.") from exc
+    return decode_photo(data, str(path))
+
+
+def prepare_photo(path: str | os.PathLike, resolution: int, *, fit: Literal["crop", "pad"] = "crop",
+                  channels: int = 3, align: bool = False) -> PreparedPhoto:
+    """Read a photo and prepare it for a network of side `resolution`, FFHQ-aligned when asked and possible.
 
     Raises:
         CorruptFileError: the file is missing, empty, unreadable or not an image.
@@ -69,10 +92,26 @@ def load_photo(path: str | os.PathLike, resolution: int, *, fit: Literal["crop",
     if fit not in ("crop", "pad"):
         raise ValueError(f"fit must be 'crop' or 'pad', not {fit!r}")
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CorruptFileError(f"Cannot read the photo {path}: {exc.strerror or exc}.") from exc
-    image = decode_photo(data, str(path))
+    image = _read(path)
+    note = ""
+    if align:
+        try:
+            face = align_face(image, resolution)
+        except (FaceAlignUnavailable, NoFaceFound) as exc:
+            instead = "centre crop" if fit == "crop" else "padding"
+            note = f"Face alignment skipped for {path.name}: {exc} Using the {instead} instead."
+            log.info("%s", note)                     # the caller shows the note
+        else:
+            image = face.image                       # [R, R, 3]: prepare_image only converts channels now
     prepared = prepare_image(image, resolution, fit=fit, channels=channels)   # [C, R, R]
-    return np.ascontiguousarray(prepared.transpose(1, 2, 0))                 # [R, R, C]
+    return PreparedPhoto(np.ascontiguousarray(prepared.transpose(1, 2, 0)), align and not note, note)  # [R, R, C]
+
+
+def load_photo(path: str | os.PathLike, resolution: int, *, fit: Literal["crop", "pad"] = "crop",
+               channels: int = 3) -> np.ndarray:
+    """Read a photo and prepare it for a network of side `resolution`: uint8 [R, R, channels].
+
+    Raises:
+        CorruptFileError: the file is missing, empty, unreadable or not an image.
+    """
+    return prepare_photo(path, resolution, fit=fit, channels=channels).image

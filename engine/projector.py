@@ -31,7 +31,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ from engine.errors import CorruptFileError, StyleDeckError
 from engine.images import save_png, to_uint8
 from engine.jobs import CancelToken, Progress, ProgressCallback, atomic_write
 
-__all__ = ["ProjectionOptions", "ProjectionResult", "VGG16_FILE", "VGG16_URL", "ms_ssim", "project",
+__all__ = ["ProjectionOptions", "ProjectionResult", "VGG16_FILE", "VGG16_URL", "lpips_loss", "ms_ssim", "project",
            "save_projection"]
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class ProjectionOptions:
     """Settings of one projection; the defaults are NVIDIA's projector.py schedule."""
     num_steps: int = 1000
     mode: Literal["w", "w+"] = "w"                   # one w for all layers, or one per layer
+    w_plus_from: float = 0.0                         # W+ only: share of the steps run in W before the layers part
     initial_lr: float = 0.1
     initial_noise_factor: float = 0.05               # latent noise std, as a share of sigma_w
     lr_rampdown_length: float = 0.25                 # share of the steps for the cosine ramp-down
@@ -78,6 +79,8 @@ class ProjectionOptions:
             raise StyleDeckError(f"Projection loss must be 'lpips' or 'pixel', not {self.loss!r}.")
         if self.num_steps < 1:
             raise StyleDeckError(f"Projection needs at least one step; got {self.num_steps}.")
+        if not 0.0 <= self.w_plus_from < 1.0:
+            raise StyleDeckError(f"w_plus_from is a share of the steps in [0, 1); got {self.w_plus_from}.")
         if self.w_avg_samples < 2:
             raise StyleDeckError(f"w_avg_samples must be at least 2; got {self.w_avg_samples}.")
 
@@ -199,6 +202,16 @@ def _lpips_model(opts: ProjectionOptions, device: torch.device) -> tuple[torch.n
     if weights is not None:
         _load_vgg_backbone(model, weights)
     return model.eval().requires_grad_(False).to(device), ""
+
+
+def lpips_loss(opts: ProjectionOptions, device: torch.device | str
+               ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """The projection's LPIPS as (img, target) -> scalar on [1, C, H, W] in [-1, 1] (for PTI); None offline."""
+    model, why = _lpips_model(opts, torch.device(device))
+    if model is None:
+        log.warning("%s", why)
+        return None
+    return lambda img, target: model(_for_lpips(img), _for_lpips(target)).sum()
 
 
 def _noise_regularizer(noise_bufs: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -326,8 +339,10 @@ def project(G: Any, target_image_uint8: np.ndarray, opts: ProjectionOptions = Pr
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        w_noise = torch.randn(w_opt.shape, generator=gen).to(device) * noise_scale
-        ws = (w_opt + w_noise).expand(1, num_ws, -1)                        # [1, num_ws, w_dim]
+        shared = opts.mode == "w+" and t < opts.w_plus_from                 # W+ starting in W
+        w_cur = w_opt.mean(dim=1, keepdim=True) if shared else w_opt        # [1, 1 | num_ws, w_dim]
+        w_noise = torch.randn(w_cur.shape, generator=gen).to(device) * noise_scale
+        ws = (w_cur + w_noise).expand(1, num_ws, -1)                        # [1, num_ws, w_dim]
         img = synthesize(ws)                                                # [1, C, R, R]
         if lpips_model is not None:
             dist = lpips_model(_for_lpips(img), target_lpips).sum()

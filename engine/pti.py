@@ -40,9 +40,9 @@ from engine.jobs import CancelToken, Progress, ProgressCallback, atomic_write, t
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DeltaEntry", "DeltaReport", "PTIOptions", "PTIResult", "WeightDelta", "apply_delta", "compress_delta",
-           "delta_report", "load_delta", "network_sha256", "pivotal_tune", "pivotal_tune_lowrank", "psnr",
-           "render_ws", "save_delta"]
+__all__ = ["DeltaEntry", "DeltaReport", "PTIOptions", "PTIResult", "TunedPhoto", "WeightDelta", "apply_delta",
+           "compress_delta", "delta_report", "load_delta", "network_sha256", "pivotal_tune", "pivotal_tune_lowrank",
+           "psnr", "render_ws", "save_delta", "tune_projection"]
 
 DELTA_FORMAT = "styledeck-weight-delta"
 DELTA_VERSION = 1
@@ -62,6 +62,14 @@ class PTIOptions:
     l2_lock_weight: float = 0.0                  # mean squared weight change penalty: keeps G near the base
     rank: int = 8                                # rank of the delta: trained (lowrank PTI) or kept
     preview_every: int = 10                      # a preview image in the progress event every this many steps
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise StyleDeckError(f"Pivotal tuning needs at least one step; got {self.steps}.")
+        if self.rank < 1:
+            raise StyleDeckError(f"The delta's rank must be at least 1; got {self.rank}.")
+        if not self.lr > 0:
+            raise StyleDeckError(f"The pivotal-tuning learning rate must be positive; got {self.lr}.")
 
 
 @dataclass
@@ -439,3 +447,30 @@ def delta_report(base_G: nn.Module, tuned_G: nn.Module, delta: WeightDelta, pivo
     return DeltaReport(delta.rank, psnr(base_image, target_uint8), psnr(full_image, target_uint8),
                        psnr(compact_image, target_uint8), psnr(compact_image, full_image), delta.nbytes(),
                        network_bytes)
+
+
+# --- projection + tuning, as the CLI and the app run it ------------------------------------------
+
+@dataclass
+class TunedPhoto:
+    """Full PTI of a projected photo, its compact delta (what is stored) and how the two compare."""
+    tuning: PTIResult
+    delta: WeightDelta
+    report: DeltaReport
+    image: np.ndarray                            # uint8 [H, W, C]: base + stored delta rendered at the pivot
+
+
+def tune_projection(G: nn.Module, pivot_ws: torch.Tensor | np.ndarray, target_uint8: np.ndarray,
+                    opts: PTIOptions = PTIOptions(), *, loss_fn: LossFn | None = None,
+                    progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> TunedPhoto:
+    """Pivotal tuning around a projection's ws, then its rank-`opts.rank` float16 delta and the report.
+
+    Same arguments as `pivotal_tune`; G is left untouched. Raises Cancelled / StyleDeckError as it does.
+    """
+    ws = _check_ws(G, torch.as_tensor(pivot_ws))
+    tuning = pivotal_tune(G, ws, target_uint8, opts, loss_fn=loss_fn, progress=progress, cancel=cancel)
+    delta = compress_delta(G, tuning.G_tuned, opts.rank, pivot_ws=ws,
+                           info={"steps": opts.steps, "lr": opts.lr, "loss": opts.loss})
+    compact = apply_delta(G, delta)
+    report = delta_report(G, tuning.G_tuned, delta, ws, target_uint8)
+    return TunedPhoto(tuning, delta, report, render_ws(compact, ws))

@@ -1,15 +1,18 @@
 """The Projection panel: find the latent of a photo (engine.project) while the editor stays live.
 
-Open or drop a photo, pick the fit, steps, mode (w / w+) and loss, and Start: the projection runs
-on a JobRunner thread on its own copy of the editor's network (loaded from the editor's file, so
-the render thread's generator is never shared). Progress events bring the current reconstruction
-(every few steps) beside the target, a point on the loss plot and the progress bar. When it ends,
-`projected(source)` carries an `engine.Source.from_latent(result.ws, label="photo: <name>")`
-(the window puts it in as the base) and "Save projection..." writes NVIDIA's files.
+Open or drop a photo, pick the fit (or an FFHQ-style face alignment), steps, mode (w / w+), loss
+and, optionally, pivotal tuning, and Start: the projection runs on a JobRunner thread on its own
+copy of the editor's network (loaded from the editor's file, so the render thread's generator is
+never shared); pivotal tuning follows in the same job. Progress events bring the current
+reconstruction (every few steps) beside the target, a point on the loss plot (projection and
+tuning as two curves) and the progress bar. When it ends, `projected(source)` carries an
+`engine.Source.from_latent(result.ws, label="photo: <name>")` (the window puts it in as the base)
+and "Save projection..." writes NVIDIA's files, plus the tuning's compact delta when it ran.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,8 +20,8 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QImage, QPixmap
-from PySide6.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QLineEdit, QProgressBar,
-                               QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QLineEdit,
+                               QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 import engine
 from app.job_runner import JobRunner
@@ -51,25 +54,50 @@ def _pixmap(image: np.ndarray, side: int = PREVIEW_SIZE) -> QPixmap:
 
 
 def projection_job(holder: dict[str, Any], network: str, photo: str, fit: str, opts: Any, device: str, *,
-                   progress: Any = None, cancel: Any = None) -> dict[str, Any]:
-    """Job: load the network (kept in `holder` between runs), prepare the photo, run engine.project.
+                   align: bool = False, pti: Any = None, progress: Any = None, cancel: Any = None) -> dict[str, Any]:
+    """Job: load the network (kept in `holder` between runs), prepare the photo, run engine.project and,
+    given `pti` (engine.PTIOptions), pivotal tuning around the result.
 
-    Returns {"result": ProjectionResult, "target": uint8 [R, R, C]}.
+    Progress counts projection and tuning steps together; tuning events carry their loss as
+    metrics["pti_loss"]. Returns {"result": ProjectionResult, "target": uint8 [R, R, C],
+    "tuned": engine.TunedPhoto or None, "note": why alignment was skipped, or ""}.
     """
+    pti_steps = pti.steps if pti is not None else 0
+    total = opts.num_steps + pti_steps
     key = (network, device)
     if holder.get("key") != key:
         holder.clear()
         if progress is not None:
-            progress(engine.Progress(0, opts.num_steps, f"loading {Path(network).name}"))
+            progress(engine.Progress(0, total, f"loading {Path(network).name}"))
         networks = engine.load_network(network, device=device, cancel=cancel)
         G = networks.get("G_ema", networks.get("G"))
         if G is None:
             raise engine.StyleDeckError(f"{Path(network).name} holds no generator.")
         holder["G"], holder["key"] = G, key
     G = holder["G"]
-    target = engine.load_photo(photo, int(G.img_resolution), fit=fit, channels=int(G.img_channels))
-    result = engine.project(G, target, opts, progress=progress, cancel=cancel)
-    return {"result": result, "target": target}
+    if align and progress is not None:
+        progress(engine.Progress(0, total, "finding the face"))
+    photo_ready = engine.prepare_photo(photo, int(G.img_resolution), fit=fit, channels=int(G.img_channels),
+                                       align=align)
+    target = photo_ready.image
+
+    def projecting(event: Any) -> None:
+        progress(engine.Progress(event.step, total, event.message, event.preview, event.metrics))
+
+    result = engine.project(G, target, opts, progress=projecting if progress else None, cancel=cancel)
+    tuned = None
+    if pti is not None:
+        def tuning(event: Any) -> None:
+            metrics = {"pti_loss": event.metrics["loss"]} if event.metrics and "loss" in event.metrics else None
+            progress(engine.Progress(opts.num_steps + event.step, total, f"pivotal tuning {event.step}/{pti.steps}",
+                                     event.preview, metrics))
+
+        # PTI follows the projection's loss: LPIPS (+ MSE) when it ran, MSE otherwise.
+        loss_fn = engine.lpips_loss(opts, device) if result.loss_used == "lpips" else None
+        pti = replace(pti, loss="lpips" if loss_fn is not None else "pixel")
+        tuned = engine.tune_projection(G, result.ws, target, pti, loss_fn=loss_fn,
+                                       progress=tuning if progress else None, cancel=cancel)
+    return {"result": result, "target": target, "tuned": tuned, "note": photo_ready.note}
 
 
 class ProjectionPanel(QWidget):
@@ -77,10 +105,10 @@ class ProjectionPanel(QWidget):
 
     `editor_network()` gives the path of the network open in the editor (None: none yet). Signals:
     `projected(source)` (an engine.Source; the window makes it the base), `message(text)` (the
-    status bar). Attributes tests use: photo_edit, fit_combo, steps_spin, mode_combo, loss_combo,
-    start_button, cancel_button, save_button, progress_bar, status_label, target_label,
-    reconstruction_label, loss_curve, target_image, reconstruction_image, result, runner,
-    previews_seen.
+    status bar). Attributes tests use: photo_edit, fit_combo, align_check, steps_spin, mode_combo,
+    loss_combo, pti_check, pti_steps_spin, start_button, cancel_button, save_button, progress_bar,
+    status_label, target_label, reconstruction_label, loss_curve, pti_curve, target_image,
+    reconstruction_image, result, tuned, runner, previews_seen.
     """
 
     projected = Signal(object)
@@ -97,11 +125,14 @@ class ProjectionPanel(QWidget):
         self.target_image: np.ndarray | None = None          # uint8 [R, R, C], what the run aims at
         self.reconstruction_image: np.ndarray | None = None
         self.result: Any = None                               # the last finished ProjectionResult
+        self.tuned: Any = None                                # its engine.TunedPhoto when PTI ran
         self.previews_seen = 0
         self._editor_resolution: int | None = None          # the editor network's side, for the target preview
         self._run_photo = ""
         self._steps: list[float] = []
         self._losses: list[float] = []
+        self._pti_steps: list[float] = []
+        self._pti_losses: list[float] = []
         self._holder: dict[str, Any] = {}
         self.runner = JobRunner(parent=self)
         self.runner.progressed.connect(self._progressed)
@@ -132,6 +163,11 @@ class ProjectionPanel(QWidget):
         self.fit_combo.addItem("pad", "pad")
         self.fit_combo.currentIndexChanged.connect(lambda _i: self._refresh_target())
         form.addRow("Make square", self.fit_combo)
+        self.align_check = QCheckBox("Align face (FFHQ crop from eyes and mouth)")
+        self.align_check.setToolTip("Crop the face as the FFHQ dataset does, from dlib's 68 landmarks; without a "
+                                    "detector or a face, the square above is used and the status says so")
+        self.align_check.toggled.connect(lambda _on: self._refresh_target())
+        form.addRow("", self.align_check)
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(1, 100_000)
         self.steps_spin.setValue(engine.ProjectionOptions().num_steps)
@@ -145,6 +181,16 @@ class ProjectionPanel(QWidget):
         self.loss_combo.addItem("pixel (MSE + MS-SSIM)", "pixel")
         self.loss_combo.setToolTip("LPIPS needs torchvision's VGG16 weights; without them the pixel loss is used")
         form.addRow("Loss", self.loss_combo)
+        self.pti_check = QCheckBox("Pivotal tuning after projection")
+        self.pti_check.setToolTip("Fine-tune the network around the latent for a near-exact reconstruction; "
+                                  "the change is kept as a compact low-rank delta (Save projection writes it)")
+        self.pti_steps_spin = QSpinBox()
+        self.pti_steps_spin.setRange(1, 100_000)
+        self.pti_steps_spin.setValue(engine.PTIOptions().steps)
+        self.pti_steps_spin.setSuffix(" steps")
+        self.pti_check.toggled.connect(lambda on: self.pti_steps_spin.setEnabled(on and not self.runner.running))
+        self.pti_steps_spin.setEnabled(False)
+        form.addRow("PTI", row(self.pti_check, self.pti_steps_spin, stretch_index=0))
         return box
 
     def _run_group(self) -> QGroupBox:
@@ -187,7 +233,9 @@ class ProjectionPanel(QWidget):
         self.plot.setLabel("bottom", "step")
         self.plot.setLabel("left", "loss")
         self.plot.showGrid(x=True, y=True, alpha=0.3)
-        self.loss_curve = self.plot.plot([], [], pen=pg.mkPen((31, 119, 180), width=2))
+        self.plot.addLegend(offset=(-10, 10))
+        self.loss_curve = self.plot.plot([], [], pen=pg.mkPen((31, 119, 180), width=2), name="projection")
+        self.pti_curve = self.plot.plot([], [], pen=pg.mkPen((214, 39, 40), width=2), name="pivotal tuning")
         layout.addWidget(self.plot)
         return box
 
@@ -238,7 +286,10 @@ class ProjectionPanel(QWidget):
             return
         try:
             side = self._editor_resolution or DEFAULT_PREVIEW_RESOLUTION
-            self.target_image = engine.load_photo(self.photo_path, side, fit=self._fit())
+            prepared = engine.prepare_photo(self.photo_path, side, fit=self._fit(), align=self.align_check.isChecked())
+            self.target_image = prepared.image
+            if prepared.note:
+                self.status_label.setText(prepared.note)
         except engine.StyleDeckError as exc:
             self.target_image = None
             self.target_label.setText("(target)")
@@ -282,6 +333,13 @@ class ProjectionPanel(QWidget):
                                         loss=self.loss_combo.currentData(),
                                         preview_every=max(1, min(10, steps // 10)))
 
+    def pti_options(self) -> Any:
+        """The engine.PTIOptions the widgets describe, or None when pivotal tuning is off."""
+        if not self.pti_check.isChecked():
+            return None
+        steps = int(self.pti_steps_spin.value())
+        return engine.PTIOptions(steps=steps, preview_every=max(1, min(10, steps // 10)))
+
     def start(self) -> None:
         """Start projecting the photo into the editor's network (the editor keeps working)."""
         network = self._editor_network()
@@ -294,18 +352,19 @@ class ProjectionPanel(QWidget):
         if self.runner.running:
             return
         show_error(self.error_label, "")
-        opts = self.options()
-        self._steps, self._losses = [], []
+        opts, pti = self.options(), self.pti_options()
+        self._steps, self._losses, self._pti_steps, self._pti_losses = [], [], [], []
         self.loss_curve.setData([], [])
+        self.pti_curve.setData([], [])
         self.previews_seen = 0
         self.reconstruction_image = None
         self.reconstruction_label.setText("(reconstruction)")
-        self.progress_bar.setRange(0, opts.num_steps)
+        self.progress_bar.setRange(0, opts.num_steps + (pti.steps if pti is not None else 0))
         self.progress_bar.setValue(0)
         self.status_label.setText("Starting...")
         self._run_photo = self.photo_path
         self.runner.start(projection_job, self._holder, str(network), self.photo_path, self._fit(), opts,
-                          str(engine.resolve_device(self.device)))
+                          str(engine.resolve_device(self.device)), align=self.align_check.isChecked(), pti=pti)
         self._set_running(True)
 
     def cancel(self) -> None:
@@ -326,8 +385,10 @@ class ProjectionPanel(QWidget):
         self.start_button.setEnabled(not running and self.photo_path is not None)
         self.cancel_button.setEnabled(running)
         self.save_button.setEnabled(not running and self.result is not None)
-        for widget in (self.photo_edit, self.fit_combo, self.steps_spin, self.mode_combo, self.loss_combo):
+        for widget in (self.photo_edit, self.fit_combo, self.align_check, self.steps_spin, self.mode_combo,
+                       self.loss_combo, self.pti_check):
             widget.setEnabled(not running)
+        self.pti_steps_spin.setEnabled(not running and self.pti_check.isChecked())
 
     def _progressed(self, event: Any) -> None:
         if event.total:
@@ -339,22 +400,31 @@ class ProjectionPanel(QWidget):
             self._steps.append(float(event.step))
             self._losses.append(float(metrics["loss"]))
             self.loss_curve.setData(self._steps, self._losses)
+        if "pti_loss" in metrics:
+            self._pti_steps.append(float(event.step))
+            self._pti_losses.append(float(metrics["pti_loss"]))
+            self.pti_curve.setData(self._pti_steps, self._pti_losses)
         if event.preview is not None:
             self.reconstruction_image = np.asarray(event.preview)
             self.reconstruction_label.setPixmap(_pixmap(self.reconstruction_image))
             self.previews_seen += 1
 
     def _finished(self, outcome: dict[str, Any]) -> None:
-        result, target = outcome["result"], outcome["target"]
-        self.result, self.target_image = result, target
+        result, target, tuned = outcome["result"], outcome["target"], outcome.get("tuned")
+        self.result, self.target_image, self.tuned = result, target, tuned
         self.target_label.setPixmap(_pixmap(target))
-        self.reconstruction_image = result.image
-        self.reconstruction_label.setPixmap(_pixmap(result.image))
+        self.reconstruction_image = result.image if tuned is None else tuned.image
+        self.reconstruction_label.setPixmap(_pixmap(self.reconstruction_image))
         self.progress_bar.setValue(self.progress_bar.maximum())
         name = Path(self._run_photo).stem
         used = "" if result.loss_used == self.loss_combo.currentData() else f" (the {result.loss_used} loss was used)"
         final = f"{result.losses[-1]:.4f}" if result.losses else "–"
-        self.status_label.setText(f"Done: {result.steps_done} steps, final loss {final}{used}.")
+        lines = [outcome["note"]] if outcome.get("note") else []
+        lines.append(f"Done: {result.steps_done} steps, final loss {final}{used}.")
+        if tuned is not None:
+            lines.append(f"Pivotal tuning, {tuned.report.summary()}. The editor renders the untuned network; "
+                         "Save projection writes the tuning as pti_delta.safetensors.")
+        self.status_label.setText("\n".join(lines))
         self._set_running(False)
         self.projected.emit(engine.Source.from_latent(result.ws, label=f"photo: {name}"))
         self.message.emit(f"Projected {Path(self._run_photo).name}: it is the base now.")
@@ -378,12 +448,16 @@ class ProjectionPanel(QWidget):
             self.save_projection(folder)
 
     def save_projection(self, outdir: str | Path) -> dict[str, Path] | None:
-        """Write proj.png, target.png and projected_w.npz of the last result (engine.save_projection)."""
+        """Write proj.png, target.png and projected_w.npz of the last result (engine.save_projection), and
+        after pivotal tuning its compact delta pti_delta.safetensors and image proj_pti.png."""
         if self.result is None or self.target_image is None:
             show_error(self.error_label, "Nothing to save yet: run a projection first.")
             return None
         try:
             paths = engine.save_projection(outdir, self.result, self.target_image)
+            if self.tuned is not None:
+                paths["pti_delta"] = engine.save_delta(Path(outdir) / "pti_delta.safetensors", self.tuned.delta)
+                paths["pti_image"] = engine.save_png(Path(outdir) / "proj_pti.png", self.tuned.image)
         except (engine.StyleDeckError, OSError) as exc:
             show_error(self.error_label, f"Could not save the projection: {exc}")
             return None

@@ -118,6 +118,60 @@ def test_bad_photo_is_a_readable_error(qtbot, window, tmp_path):
     assert window.session.state.sources[0].seed is not None
 
 
+def test_pivotal_tuning_and_face_alignment_run_in_the_same_job(qtbot, window, photo, tmp_path):
+    panel = window.projection_panel
+    window.show_panel("projection")
+    _set_up(panel, photo, 10)
+    panel.align_check.setChecked(True)            # a 16 px render holds no face: the user's crop, with a note
+    assert "Face alignment skipped" in panel.status_label.text()
+    assert not panel.pti_steps_spin.isEnabled()
+    panel.pti_check.setChecked(True)
+    assert panel.pti_steps_spin.isEnabled()
+    panel.pti_steps_spin.setValue(12)
+    previews = []
+    panel.runner.progressed.connect(lambda e: previews.append(e.step) if e.preview is not None else None)
+
+    with qtbot.waitSignal(panel.run_ended, timeout=RUN_TIMEOUT_MS) as ended:
+        panel.start()
+        assert not panel.pti_check.isEnabled() and not panel.pti_steps_spin.isEnabled()
+    assert ended.args == ["finished"], panel.error_label.text()
+    assert panel.progress_bar.maximum() == panel.progress_bar.value() == 10 + 12
+    xs, _ = panel.loss_curve.getData()
+    pti_xs, pti_ys = panel.pti_curve.getData()
+    assert xs[-1] == 10 and pti_xs[0] > 10 and pti_xs[-1] == 22 and np.all(np.isfinite(pti_ys))
+    assert any(step > 10 for step in previews)                     # the tuning streams previews too
+    tuned = panel.tuned
+    assert tuned is not None and tuned.report.psnr_full > tuned.report.psnr_base
+    text = panel.status_label.text()
+    assert "Face alignment skipped" in text and "Pivotal tuning" in text and "dB" in text
+    np.testing.assert_array_equal(panel.reconstruction_image, tuned.image)
+    base = window.session.state.sources[0]                         # the latent is the base, as without PTI
+    assert base.label == "photo: face"
+    np.testing.assert_allclose(base.latent_array(), panel.result.ws[0], rtol=0, atol=0)
+
+    # Save: NVIDIA's files plus the compact delta, which rebuilds the tuned image on the base network
+    paths = panel.save_projection(tmp_path / "out")
+    assert {p.name for p in paths.values()} == {"proj.png", "target.png", "projected_w.npz",
+                                                "pti_delta.safetensors", "proj_pti.png"}
+    delta = engine.load_delta(tmp_path / "out" / "pti_delta.safetensors")
+    networks = engine.load_network(window.network_path, device="cpu")
+    G_tuned = engine.apply_delta(networks["G_ema"], delta)
+    renderer = engine.Renderer({"G_ema": G_tuned}, "cpu")
+    state = engine.initial_state(str(window.network_path), renderer.num_ws, seeds=(0,))
+    again = renderer.render(engine.with_base(state, engine.Source.from_latent(panel.result.ws, label="p"))).image
+    assert np.abs(again.astype(int) - tuned.image.astype(int)).mean() < 2
+
+    # cancelling during the tuning stage: nothing is added
+    state_before = window.session.state
+    panel.pti_steps_spin.setValue(100_000)
+    with qtbot.waitSignal(panel.run_ended, timeout=RUN_TIMEOUT_MS) as ended:
+        panel.start()
+        qtbot.waitUntil(lambda: panel.progress_bar.value() > 11, timeout=RUN_TIMEOUT_MS)
+        panel.cancel()
+    assert ended.args == ["cancelled"]
+    assert window.session.state is state_before
+
+
 def _points(panel) -> int:
     xs, _ = panel.loss_curve.getData()
     return 0 if xs is None else len(xs)

@@ -1,0 +1,130 @@
+"""`python main.py project --pti / --align` in a subprocess: pivotal tuning writes a compact delta that
+rebuilds the tuned image on the base network and reports both forms' PSNR; a real photograph
+(scikit-image's astronaut) is face-aligned, projected and tuned; without a face or without a
+detector the user's crop is used and stderr says so."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from engine.checkpoint import save_checkpoint
+from engine.images import to_uint8
+from engine.loader import load_network
+from engine.networks import stylegan2
+from engine.photo import load_photo, prepare_photo
+from engine.pti import apply_delta, load_delta, network_sha256, render_ws
+from run_main import failed, ok, run
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """A tiny 16 px StyleGAN2 checkpoint (toRGB scaled so images stay in range) and an image it generates."""
+    torch.manual_seed(0)
+    G = stylegan2.Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=16, img_channels=3, channel_base=256,
+                            channel_max=32, num_fp16_res=0).eval()
+    with torch.no_grad():
+        for name, module in G.named_modules():
+            if name.endswith("torgb"):
+                module.weight.mul_(0.25)
+        image = to_uint8(G(torch.randn([1, 32], generator=torch.Generator().manual_seed(3)), None,
+                           noise_mode="const"))[0]
+    path = tmp_path_factory.mktemp("pti-net") / "tiny.safetensors"
+    save_checkpoint(path, {"G_ema": G})
+    return path, image
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")                  # tiny convolutions: one thread is far faster
+    monkeypatch.setenv("TORCH_HOME", "/nonexistent-torch-home")  # never find (or fetch) VGG16 weights
+
+
+def _report(stdout: str) -> dict[str, float]:
+    numbers = re.search(r"PSNR base ([\d.]+) dB, full tuning ([\d.]+) dB, compact ([\d.]+) dB \(([\d.]+) dB to full\)",
+                        stdout)
+    assert numbers, stdout
+    return dict(zip(("base", "full", "compact", "compact_vs_full"), map(float, numbers.groups())))
+
+
+def test_pti_writes_a_compact_delta_that_rebuilds_the_tuned_image(network, tmp_path):
+    net, image = network
+    photo = tmp_path / "photo.png"
+    noisy = np.clip(image.astype(int) + np.random.default_rng(0).integers(-40, 40, image.shape), 0, 255)
+    iio.imwrite(photo, noisy.astype(np.uint8))    # noise the network cannot draw: room for the tuning to gain
+    out_dir = tmp_path / "out"
+    stdout = ok(run("project", "--network", net, "--target", photo, "--num-steps", "20", "--save-video", "0",
+                    "--pti", "--pti-steps", "40", "--pti-lr", "3e-3", "--pti-rank", "4", "--device", "cpu",
+                    "--outdir", out_dir, cwd=tmp_path))
+    assert sorted(p.name for p in out_dir.iterdir()) == ["proj.png", "proj_pti.png", "projected_w.npz",
+                                                         "pti_delta.safetensors", "target.png"]
+    psnr = _report(stdout)
+    assert "rank 4" in stdout and "pixel loss" in stdout
+    assert psnr["full"] > psnr["base"] + 1 and psnr["compact"] > psnr["base"] + 1, psnr
+    # The file on the base network gives proj_pti.png back, at the projected ws.
+    G = load_network(net, device="cpu")["G_ema"]
+    delta = load_delta(out_dir / "pti_delta.safetensors")
+    assert delta.base_sha256 == network_sha256(G) and delta.rank == 4
+    ws = torch.from_numpy(np.load(out_dir / "projected_w.npz")["w"])
+    assert np.array_equal(render_ws(apply_delta(G, delta), ws), iio.imread(out_dir / "proj_pti.png"))
+    assert np.array_equal(render_ws(G, ws), iio.imread(out_dir / "proj.png"))   # NVIDIA's files: the base's
+
+
+def test_a_real_photo_is_aligned_projected_and_tuned(network, tmp_path):
+    net, _ = network
+    photo = tmp_path / "astronaut.png"
+    iio.imwrite(photo, data.astronaut())          # a real portrait, 512 px, shipped with scikit-image
+    result = run("project", "--network", net, "--target", photo, "--num-steps", "15", "--mode", "w+",
+                 "--align", "--pti", "--pti-steps", "10", "--pti-lr", "3e-3", "--save-video", "1",
+                 "--device", "cpu", "--outdir", tmp_path / "out", cwd=tmp_path)
+    stdout = ok(result)
+    assert "aligned face" in stdout and "Face alignment skipped" not in result.stderr
+    _report(stdout)
+    target = iio.imread(tmp_path / "out" / "target.png")
+    assert np.array_equal(target, prepare_photo(photo, 16, align=True).image)
+    assert not np.array_equal(target, load_photo(photo, 16))   # the face crop, not the centre crop
+    assert np.load(tmp_path / "out" / "projected_w.npz")["w"].shape == (1, 6, 32)
+    assert iio.imread(tmp_path / "out" / "proj.mp4").shape == (15, 16, 32, 3)
+
+
+def test_align_without_a_face_uses_the_crop_and_says_so(network, tmp_path):
+    net, image = network
+    photo = tmp_path / "flat.png"
+    iio.imwrite(photo, np.repeat(np.repeat(image, 4, axis=0), 4, axis=1))   # no face in a 16 px render
+    result = run("project", "--network", net, "--target", photo, "--num-steps", "2", "--save-video", "0",
+                 "--align", "--device", "cpu", "--outdir", tmp_path / "out", cwd=tmp_path)
+    stdout = ok(result)
+    assert "Face alignment skipped for flat.png: No face was found" in result.stderr
+    assert "centre crop" in result.stderr and "aligned face" not in stdout
+    assert np.array_equal(iio.imread(tmp_path / "out" / "target.png"), image)
+
+
+def test_align_without_dlib_uses_the_crop_and_says_so(network, tmp_path, monkeypatch):
+    net, _ = network
+    hide = tmp_path / "no-dlib" / "dlib"          # shadows the installed dlib, as on a machine without it
+    hide.mkdir(parents=True)
+    (hide / "__init__.py").write_text("raise ImportError('No module named dlib')\n")
+    monkeypatch.setenv("PYTHONPATH", str(hide.parent))
+    photo = tmp_path / "astronaut.png"
+    iio.imwrite(photo, data.astronaut())
+    result = run("project", "--network", net, "--target", photo, "--num-steps", "2", "--save-video", "0",
+                 "--align", "--fit", "pad", "--device", "cpu", "--outdir", tmp_path / "out", cwd=tmp_path)
+    ok(result)
+    assert "Face alignment skipped" in result.stderr and "pip install dlib-bin" in result.stderr
+    assert "padding instead" in result.stderr
+    assert np.array_equal(iio.imread(tmp_path / "out" / "target.png"), load_photo(photo, 16, fit="pad"))
+
+
+def test_bad_pti_settings_are_clear_errors(network, tmp_path):
+    net, image = network
+    photo = tmp_path / "photo.png"
+    iio.imwrite(photo, image)
+    stderr = failed(run("project", "--network", net, "--target", photo, "--pti", "--pti-rank", "0",
+                        "--device", "cpu", "--outdir", tmp_path / "out", cwd=tmp_path))
+    assert "rank must be at least 1" in stderr
+    assert not (tmp_path / "out").exists()
