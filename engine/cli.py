@@ -467,7 +467,8 @@ def cmd_project(args: argparse.Namespace) -> int:
     if args.save_video:
         given["preview_every"] = 1                                       # NVIDIA's video has every step
     opts = ProjectionOptions(**given)
-    pti = PTIOptions(**{name: value for name, value in (("steps", args.pti_steps), ("lr", args.pti_lr),
+    pti = PTIOptions(compare=args.pti_compare,
+                     **{name: value for name, value in (("steps", args.pti_steps), ("lr", args.pti_lr),
                                                         ("rank", args.pti_rank)) if value is not None})
     target = Path(args.target)
     if target.is_dir():                                                  # batch: one subfolder per photo
@@ -503,14 +504,15 @@ def cmd_project(args: argparse.Namespace) -> int:
         written = save_projection(outdir, result, image, video_frames=frames if args.save_video else None)
         print(f"{path.name}: wrote {', '.join(p.name for p in written.values())} to {outdir} "
               f"({'aligned face, ' if photo.aligned else ''}{result.loss_used} loss {result.losses[-1]:.4f})")
-        if args.pti:
+        if args.pti or args.pti_compare:
             _pivotal_tune_projection(G, result, image, opts, pti, outdir)
     return 1 if failures else 0
 
 
 def _pivotal_tune_projection(G: torch.nn.Module, result: Any, image: np.ndarray, opts: Any, pti: Any,
                              outdir: Path) -> None:
-    """--pti: tune G around the projected ws, write the compact delta and its image, report both forms' PSNR."""
+    """--pti: tune a low-rank delta of G around the projected ws, write it and its image, report its PSNR
+    (against full tuning too with --pti-compare)."""
     from dataclasses import replace
 
     from engine.projector import lpips_loss
@@ -519,12 +521,13 @@ def _pivotal_tune_projection(G: torch.nn.Module, result: Any, image: np.ndarray,
     # PTI follows the projection's loss: LPIPS (+ MSE, as the PTI paper) when it ran, MSE otherwise.
     loss_fn = lpips_loss(opts, next(G.parameters()).device) if result.loss_used == "lpips" else None
     pti = replace(pti, loss="lpips" if loss_fn is not None else "pixel")
-    with progress_bar(pti.steps, "pivotal tuning", unit="step") as advance, _translate_oom():
+    with progress_bar(pti.total_steps, "pivotal tuning", unit="step") as advance, _translate_oom():
         tuned = tune_projection(G, result.ws, image, pti, loss_fn=loss_fn, progress=advance)
     delta_path = save_delta(outdir / "pti_delta.safetensors", tuned.delta)
     save_png(outdir / "proj_pti.png", tuned.image)
+    hint = "" if pti.compare else "; --pti-compare adds full tuning to compare against"
     print(f"pivotal tuning ({pti.steps} steps, {pti.loss} loss): wrote {delta_path.name} and proj_pti.png; "
-          f"{tuned.report.summary()}")
+          f"{tuned.report.summary()}{hint}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -766,13 +769,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--w-plus-from", dest="w_plus_from", type=float, metavar="SHARE",
                    help="w+ mode: share of the steps run in w first, so the layers start from one w (default 0)")
     p.add_argument("--pti", action="store_true",
-                   help="then pivotal tuning: fine-tune the network around the latent and write the change as a "
-                        "compact low-rank delta, pti_delta.safetensors, and its image, proj_pti.png")
+                   help="then pivotal tuning: train a low-rank change of the network around the latent and write "
+                        "it, pti_delta.safetensors (a few MB, for this network only), and its image, proj_pti.png")
     p.add_argument("--pti-steps", dest="pti_steps", type=int, metavar="N", help="pivotal-tuning steps (default 350)")
     p.add_argument("--pti-lr", dest="pti_lr", type=float, metavar="LR",
                    help="pivotal-tuning learning rate (default 3e-4)")
     p.add_argument("--pti-rank", dest="pti_rank", type=int, metavar="R",
-                   help="rank of the stored delta per weight tensor (default 8)")
+                   help="rank of the trained delta per weight tensor (default 8)")
+    p.add_argument("--pti-compare", dest="pti_compare", action="store_true",
+                   help="implies --pti; also tune the whole network (not stored), to report the compact delta's "
+                        "PSNR against full tuning (twice the time)")
     p.set_defaults(func=cmd_project)
 
     _add_video(sub)

@@ -3,11 +3,15 @@
 Pivotal tuning (Roich et al., 2021) keeps a latent found by projection — the pivot, ws
 [1, num_ws, w_dim] — fixed and fine-tunes the synthesis weights a few hundred steps until the
 generator reproduces the target almost exactly. A whole tuned network per photo costs as much as
-the network (over 100 MB at 1024 px); the change is small and close to low rank, so we store
-per changed tensor a truncated SVD of the delta, `delta ≈ U diag(S) Vᵀ` (rank r, float16), and
-small 1-D tensors (biases, noise strengths) whole. The file is keyed by the base network's
-SHA-256, so it is only ever applied to the network it was made from. `pivotal_tune_lowrank` trains
-those factors directly (LoRA-style), so the stored form is exactly what was tuned.
+the network (over 100 MB at 1024 px), so `pivotal_tune_lowrank` trains the change itself in low
+rank (LoRA-style): per synthesis tensor of >= 2 dims a rank-r product, per small tensor (biases,
+noise strengths) a whole delta. The file stores the product as `U diag(S) Vᵀ` in float16, so it
+holds what was trained. (Truncating the SVD of a fully tuned delta instead was tried and dropped:
+on the bundled 64 px network, 300 steps at lr 3e-3, its rank-8 form gave 17.9 dB against 19.1 dB
+untuned and 23.9 dB fully tuned — worse than no tuning; the delta trained in rank 8 kept the gain.)
+The file is keyed by the base network's SHA-256, so it is only ever applied to the
+network it was made from. `pivotal_tune` (all synthesis weights) remains, to report the compact
+form against full tuning when asked (`PTIOptions.compare`).
 
 File layout (`save_delta`): one `.safetensors` with tensors `<param>.U` [out, r], `<param>.S`
 [r], `<param>.V` [in, r] (low-rank) or `<param>.dense` (whole delta), an optional `pivot_ws`,
@@ -41,8 +45,8 @@ from engine.jobs import CancelToken, Progress, ProgressCallback, atomic_write, t
 log = logging.getLogger(__name__)
 
 __all__ = ["DeltaEntry", "DeltaReport", "PTIOptions", "PTIResult", "TunedPhoto", "WeightDelta", "apply_delta",
-           "compress_delta", "delta_report", "load_delta", "network_sha256", "pivotal_tune", "pivotal_tune_lowrank",
-           "psnr", "render_ws", "save_delta", "tune_projection"]
+           "delta_report", "load_delta", "network_sha256", "pivotal_tune", "pivotal_tune_lowrank", "psnr",
+           "render_ws", "save_delta", "tune_projection"]
 
 DELTA_FORMAT = "styledeck-weight-delta"
 DELTA_VERSION = 1
@@ -60,8 +64,9 @@ class PTIOptions:
     loss: Literal["pixel", "lpips"] = "pixel"    # "lpips" needs a loss_fn from the caller
     pixel_weight: float = 1.0                    # weight of the MSE term beside LPIPS (PTI's L2 lambda)
     l2_lock_weight: float = 0.0                  # mean squared weight change penalty: keeps G near the base
-    rank: int = 8                                # rank of the delta: trained (lowrank PTI) or kept
+    rank: int = 8                                # rank of the trained delta per weight tensor
     preview_every: int = 10                      # a preview image in the progress event every this many steps
+    compare: bool = False                        # tune_projection: also tune fully, to report against (2x time)
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -70,6 +75,11 @@ class PTIOptions:
             raise StyleDeckError(f"The delta's rank must be at least 1; got {self.rank}.")
         if not self.lr > 0:
             raise StyleDeckError(f"The pivotal-tuning learning rate must be positive; got {self.lr}.")
+
+    @property
+    def total_steps(self) -> int:
+        """Steps `tune_projection` runs: the low-rank tuning, and the full one too when comparing."""
+        return self.steps * (2 if self.compare else 1)
 
 
 @dataclass
@@ -105,7 +115,7 @@ class DeltaEntry:
 class WeightDelta:
     """What a tuned network adds to its base, keyed by the base's SHA-256 (`network_sha256`)."""
     base_sha256: str
-    rank: int | None                             # None: every delta stored whole
+    rank: int                                    # of the low-rank entries (small tensors are stored whole)
     entries: dict[str, DeltaEntry]
     pivot_ws: torch.Tensor | None = None         # [1, num_ws, w_dim], the latent the network was tuned around
     info: dict[str, Any] = field(default_factory=dict)
@@ -271,7 +281,7 @@ def pivotal_tune_lowrank(G: nn.Module, pivot_ws: torch.Tensor, target_uint8: np.
             factors[name] = (torch.zeros([p.shape[0], opts.rank], device=p.device, requires_grad=True),
                              B.to(p.device).requires_grad_(True))
         else:
-            factors[name] = (torch.zeros_like(p, requires_grad=True),)
+            factors[name] = (torch.zeros_like(p, requires_grad=True),)  # a whole delta: small, or rank >= its own
 
     def deltas() -> dict[str, torch.Tensor]:
         return {n: (f[0] @ f[1].T).reshape(base[n].shape) if len(f) == 2 else f[0] for n, f in factors.items()}
@@ -297,7 +307,8 @@ def pivotal_tune_lowrank(G: nn.Module, pivot_ws: torch.Tensor, target_uint8: np.
             r = opts.rank
             entries[key] = DeltaEntry(shape, U=U[:, :r].to(torch.float16).contiguous(),
                                       S=S[:r].to(torch.float16), V=Vh[:r].T.to(torch.float16).contiguous())
-    delta = WeightDelta(network_sha256(G), opts.rank, entries, ws.detach().cpu(), {"pti": "lowrank"})
+    info = {"pti": "lowrank", "steps": opts.steps, "lr": opts.lr, "loss": opts.loss}
+    delta = WeightDelta(network_sha256(G), opts.rank, entries, ws.detach().cpu(), info)
     G_tuned = apply_delta(G, delta).eval().requires_grad_(False)
     return PTIResult(G_tuned, losses, render_ws(G_tuned, ws)), delta
 
@@ -310,44 +321,6 @@ def _loss(img: torch.Tensor, target: torch.Tensor, opts: PTIOptions, loss_fn: Lo
 
 
 # --- the compact delta ---------------------------------------------------------------------------
-
-_DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
-
-
-def compress_delta(base_G: nn.Module, tuned_G: nn.Module, rank: int | None = 8, *, dtype: str = "float16",
-                   pivot_ws: torch.Tensor | None = None, info: Mapping[str, Any] | None = None) -> WeightDelta:
-    """The change from base_G to tuned_G, per changed tensor: rank-`rank` SVD (>= 2 dims) or whole (1-D, scalars).
-
-    Conv weights [out, in, k, k] are factored as [out, in*k*k]. A rank of None, or one at least the
-    matrix's smaller side, stores the delta whole; with dtype "float64" that is exact: base + delta
-    gives the tuned float32 weights bit for bit (float32 storage loses about an ulp, float16 more).
-    """
-    if dtype not in _DTYPES:
-        raise StyleDeckError(f"Delta dtype must be one of {', '.join(_DTYPES)}; got {dtype!r}.")
-    if rank is not None and rank < 1:
-        raise StyleDeckError(f"The delta's rank must be at least 1; got {rank}.")
-    store = _DTYPES[dtype]
-    base, tuned = base_G.state_dict(), tuned_G.state_dict()
-    if base.keys() != tuned.keys() or any(base[k].shape != tuned[k].shape for k in base):
-        raise StyleDeckError("The tuned network does not have the base network's architecture; "
-                             "a delta needs the same tensor names and shapes.")
-    entries: dict[str, DeltaEntry] = {}
-    for name, a in base.items():
-        b = tuned[name]
-        if not a.is_floating_point() or torch.equal(a, b):
-            continue
-        a, b = a.detach().cpu().to(torch.float32), b.detach().cpu().to(torch.float32)
-        shape = tuple(a.shape)
-        if a.ndim >= 2 and rank is not None and rank < min(shape[0], a[0].numel()):
-            U, S, Vh = torch.linalg.svd((b - a).reshape(shape[0], -1), full_matrices=False)  # [out, rest]
-            entries[name] = DeltaEntry(shape, U=U[:, :rank].to(store).contiguous(), S=S[:rank].to(store),
-                                       V=Vh[:rank].T.to(store).contiguous())
-        else:
-            # float64: the difference of two float32 values is exact there, so base + delta is the tuned value
-            entries[name] = DeltaEntry(shape, dense=(b.double() - a.double()).to(store))
-    ws = None if pivot_ws is None else torch.as_tensor(pivot_ws).detach().to(torch.float32).cpu()
-    return WeightDelta(network_sha256(base_G), rank, entries, ws, dict(info or {}))
-
 
 def apply_delta(base_G: nn.Module, delta: WeightDelta) -> nn.Module:
     """A new network: base_G plus the delta (base_G untouched). Refuses a base whose hash differs."""
@@ -363,8 +336,7 @@ def apply_delta(base_G: nn.Module, delta: WeightDelta) -> nn.Module:
                 raise CorruptFileError(f"The delta changes {name} {list(entry.shape)}, which the network does not "
                                        "have in that shape; the file is damaged.")
             t = state[name]
-            # Summed in float64 (on the CPU: not every device has it) and rounded once, so a float64
-            # delta restores the tuned weights exactly.
+            # Summed in float64 (on the CPU: not every device has it) and rounded once to the weight's dtype.
             t.copy_((t.detach().cpu().double() + entry.tensor()).to(t.dtype))
     return G
 
@@ -395,7 +367,7 @@ def load_delta(path: str | os.PathLike) -> WeightDelta:
                                f"reads version {DELTA_VERSION}. Update StyleDeck.")
     try:
         entries = {name: _entry(name, spec, tensors) for name, spec in meta["entries"].items()}
-        rank = None if meta["rank"] is None else int(meta["rank"])
+        rank = int(meta["rank"])
         info = dict(meta.get("info") or {})
         return WeightDelta(str(meta["base_sha256"]), rank, entries, tensors.get("pivot_ws"), info)
     except (KeyError, TypeError, ValueError) as exc:
@@ -420,57 +392,76 @@ def _entry(name: str, spec: Mapping[str, Any], tensors: Mapping[str, torch.Tenso
 
 @dataclass(frozen=True)
 class DeltaReport:
-    """Reconstruction of the target by the base, the fully tuned and the compact network, and the sizes."""
-    rank: int | None
-    psnr_base: float                             # dB, base network at the pivot
-    psnr_full: float                             # dB, fully tuned network
+    """Reconstruction of the target by the untuned and the compact network (and the fully tuned one when it
+    was run), and the sizes."""
+    rank: int
+    psnr_base: float                             # dB, untuned base network at the pivot
     psnr_compact: float                          # dB, base + stored delta
-    psnr_compact_vs_full: float                  # dB, compact image against the fully tuned image
     delta_bytes: int                             # the .safetensors file save_delta writes
-    network_bytes: int                           # the tuned network's tensors (what storing it whole costs)
+    network_bytes: int                           # the network's tensors (what storing a tuned copy whole costs)
+    psnr_full: float | None = None               # dB, fully tuned network; None: full tuning was not run
+    psnr_compact_vs_full: float | None = None    # dB, compact image against the fully tuned image
 
     def summary(self) -> str:
-        rank = "full rank" if self.rank is None else f"rank {self.rank}"
-        return (f"{rank}: PSNR base {self.psnr_base:.2f} dB, full tuning {self.psnr_full:.2f} dB, "
-                f"compact {self.psnr_compact:.2f} dB ({self.psnr_compact_vs_full:.2f} dB to full); "
+        full = ("full tuning not run" if self.psnr_full is None else
+                f"full tuning {self.psnr_full:.2f} dB")
+        compact = f"compact {self.psnr_compact:.2f} dB"
+        if self.psnr_compact_vs_full is not None:
+            compact += f" ({self.psnr_compact_vs_full:.2f} dB to full)"
+        parts = [compact, full] if self.psnr_full is None else [full, compact]
+        return (f"rank {self.rank}: PSNR untuned {self.psnr_base:.2f} dB, {', '.join(parts)}; "
                 f"{self.delta_bytes / 2**20:.2f} MiB vs {self.network_bytes / 2**20:.2f} MiB for the network "
                 f"({self.network_bytes / max(self.delta_bytes, 1):.1f}x smaller)")
 
 
-def delta_report(base_G: nn.Module, tuned_G: nn.Module, delta: WeightDelta, pivot_ws: torch.Tensor,
-                 target_uint8: np.ndarray) -> DeltaReport:
-    """Compare the compact form with full tuning: PSNR of each against the target, and file sizes."""
+def delta_report(base_G: nn.Module, delta: WeightDelta, pivot_ws: torch.Tensor, target_uint8: np.ndarray,
+                 full_G: nn.Module | None = None) -> DeltaReport:
+    """PSNR against the target of the untuned network, of base + delta and, given full_G (a fully tuned
+    copy), of full tuning; and the sizes of the delta file and of the network."""
     ws = _check_ws(base_G, pivot_ws)
-    base_image, full_image = render_ws(base_G, ws), render_ws(tuned_G, ws)
     compact_image = render_ws(apply_delta(base_G, delta), ws)
-    network_bytes = sum(t.numel() * t.element_size() for t in tuned_G.state_dict().values())
-    return DeltaReport(delta.rank, psnr(base_image, target_uint8), psnr(full_image, target_uint8),
-                       psnr(compact_image, target_uint8), psnr(compact_image, full_image), delta.nbytes(),
-                       network_bytes)
+    network_bytes = sum(t.numel() * t.element_size() for t in base_G.state_dict().values())
+    full: dict[str, float] = {}
+    if full_G is not None:
+        full_image = render_ws(full_G, ws)
+        full = {"psnr_full": psnr(full_image, target_uint8), "psnr_compact_vs_full": psnr(compact_image, full_image)}
+    return DeltaReport(delta.rank, psnr(render_ws(base_G, ws), target_uint8), psnr(compact_image, target_uint8),
+                       delta.nbytes(), network_bytes, **full)
 
 
 # --- projection + tuning, as the CLI and the app run it ------------------------------------------
 
 @dataclass
 class TunedPhoto:
-    """Full PTI of a projected photo, its compact delta (what is stored) and how the two compare."""
-    tuning: PTIResult
+    """Low-rank PTI of a projected photo: its delta (what is stored), its image and the report."""
+    tuning: PTIResult                            # G_tuned = base + the stored delta
     delta: WeightDelta
     report: DeltaReport
     image: np.ndarray                            # uint8 [H, W, C]: base + stored delta rendered at the pivot
+    full: PTIResult | None = None                # full tuning, when opts.compare asked for it
 
 
 def tune_projection(G: nn.Module, pivot_ws: torch.Tensor | np.ndarray, target_uint8: np.ndarray,
                     opts: PTIOptions = PTIOptions(), *, loss_fn: LossFn | None = None,
                     progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> TunedPhoto:
-    """Pivotal tuning around a projection's ws, then its rank-`opts.rank` float16 delta and the report.
+    """Low-rank pivotal tuning around a projection's ws (`pivotal_tune_lowrank`) and its report; with
+    opts.compare also full tuning (`pivotal_tune`, same settings) for the report to compare against.
 
-    Same arguments as `pivotal_tune`; G is left untouched. Raises Cancelled / StyleDeckError as it does.
+    Progress counts both runs together (opts.total_steps). Same arguments as `pivotal_tune`; G is left
+    untouched. Raises Cancelled / StyleDeckError as it does.
     """
     ws = _check_ws(G, torch.as_tensor(pivot_ws))
-    tuning = pivotal_tune(G, ws, target_uint8, opts, loss_fn=loss_fn, progress=progress, cancel=cancel)
-    delta = compress_delta(G, tuning.G_tuned, opts.rank, pivot_ws=ws,
-                           info={"steps": opts.steps, "lr": opts.lr, "loss": opts.loss})
-    compact = apply_delta(G, delta)
-    report = delta_report(G, tuning.G_tuned, delta, ws, target_uint8)
-    return TunedPhoto(tuning, delta, report, render_ws(compact, ws))
+
+    def stage(offset: int, message: str) -> ProgressCallback | None:
+        if progress is None:
+            return None
+        return lambda e: progress(Progress(offset + e.step, opts.total_steps, message, e.preview, e.metrics))
+
+    tuning, delta = pivotal_tune_lowrank(G, ws, target_uint8, opts, loss_fn=loss_fn,
+                                         progress=stage(0, "pivotal tuning"), cancel=cancel)
+    full = None
+    if opts.compare:
+        full = pivotal_tune(G, ws, target_uint8, opts, loss_fn=loss_fn,
+                            progress=stage(opts.steps, "full tuning, to compare"), cancel=cancel)
+    report = delta_report(G, delta, ws, target_uint8, None if full is None else full.G_tuned)
+    return TunedPhoto(tuning, delta, report, tuning.image, full)

@@ -138,12 +138,16 @@ def test_pivotal_tuning_and_face_alignment_run_in_the_same_job(qtbot, window, ph
     assert panel.progress_bar.maximum() == panel.progress_bar.value() == 10 + 12
     xs, _ = panel.loss_curve.getData()
     pti_xs, pti_ys = panel.pti_curve.getData()
-    assert xs[-1] == 10 and pti_xs[0] > 10 and pti_xs[-1] == 22 and np.all(np.isfinite(pti_ys))
+    # the runner forwards progress at ~20 Hz plus the run's last step, so the projection's step 10 may be skipped
+    assert 0 < xs[-1] <= 10 < pti_xs[0] and pti_xs[-1] == 22 and np.all(np.isfinite(pti_ys))
     assert any(step > 10 for step in previews)                     # the tuning streams previews too
     tuned = panel.tuned
-    assert tuned is not None and tuned.report.psnr_full > tuned.report.psnr_base
+    # the compact (low-rank) form, trained directly; the panel does not run full tuning beside it
+    assert tuned is not None and tuned.report.psnr_compact > tuned.report.psnr_base, tuned.report.summary()
+    assert tuned.full is None and tuned.report.psnr_full is None
     text = panel.status_label.text()
-    assert "Face alignment skipped" in text and "Pivotal tuning" in text and "dB" in text
+    assert "Face alignment skipped" in text and "Pivotal tuning" in text and "full tuning not run" in text
+    assert f"untuned {tuned.report.psnr_base:.2f} dB, compact {tuned.report.psnr_compact:.2f} dB" in text
     np.testing.assert_array_equal(panel.reconstruction_image, tuned.image)
     base = window.session.state.sources[0]                         # the latent is the base, as without PTI
     assert base.label == "photo: face"
@@ -155,6 +159,9 @@ def test_pivotal_tuning_and_face_alignment_run_in_the_same_job(qtbot, window, ph
                                                 "pti_delta.safetensors", "proj_pti.png"}
     delta = engine.load_delta(tmp_path / "out" / "pti_delta.safetensors")
     networks = engine.load_network(window.network_path, device="cpu")
+    network_bytes = sum(t.numel() * t.element_size() for t in networks["G_ema"].state_dict().values())
+    # measured 2.3x smaller for this 46 KB network (tests/engine/test_pti.py: 46x at 64 px, 256 channels)
+    assert (tmp_path / "out" / "pti_delta.safetensors").stat().st_size < network_bytes / 2
     G_tuned = engine.apply_delta(networks["G_ema"], delta)
     renderer = engine.Renderer({"G_ema": G_tuned}, "cpu")
     state = engine.initial_state(str(window.network_path), renderer.num_ws, seeds=(0,))
