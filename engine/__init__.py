@@ -24,7 +24,7 @@ from engine.projector import ProjectionOptions, ProjectionResult, lpips_loss, pr
 from engine.pti import (PTIOptions, PTIResult, TunedPhoto, apply_delta, load_delta, pivotal_tune, save_delta,
                         tune_projection)
 from engine.recipe import read_image_recipe, recipe_sidecar, save_image
-from engine.renderer import RenderResult, Renderer
+from engine.renderer import RenderOptions, RenderResult, Renderer
 from engine.video import (AnimationSpec, ExportResult, Motion, current_keyframe, export_animation, keyframe_spec,
                           preview_animation, render_frames)
 from engine.video_encode import EncodeOptions
@@ -56,7 +56,7 @@ __all__ = [
     "load_delta", "load_photo", "lpips_loss", "pivotal_tune", "prepare_photo", "project", "save_delta",
     "save_projection", "tune_projection",
     # rendering and saved images
-    "RenderResult", "Renderer", "read_image_recipe", "recipe_sidecar", "save_image",
+    "RenderOptions", "RenderResult", "Renderer", "read_image_recipe", "recipe_sidecar", "save_image",
     # animations
     "AnimationSpec", "EncodeOptions", "ExportResult", "Motion", "current_keyframe", "export_animation", "keyframe_spec",
     "preview_animation", "render_frames",

@@ -1,8 +1,9 @@
 """The renderer: an EditState in, a uint8 image (and the W+ that made it) out.
 
-A `Renderer` owns the device, the generator and its `LatentCache`, and is used from ONE thread
-(the app's render worker, or a script). It hands back numpy arrays it never touches again, so a
-widget can keep showing an image while the next one renders (conventions §5).
+A `Renderer` owns the device, the generator, its `LatentCache` and the render path (engine/fast_path.py:
+"fast" by default, or "reference"), and is used from ONE thread (the app's render worker, or a script).
+It hands back numpy arrays it never touches again, so a widget can keep showing an image while the next
+one renders (conventions §5).
 """
 from __future__ import annotations
 
@@ -15,17 +16,16 @@ import numpy as np
 import torch
 from torch import nn
 
-import cuda_ops
-
 from engine.edit_state import EditState
 from engine.errors import StyleDeckError
+from engine.fast_path import RenderOptions, Synthesizer
 from engine.images import image_grid, to_rgb, to_uint8
 from engine.jobs import translate_oom
 from engine.latents import (G_device, LatentCache, LayerGroup, Source, check_noise_mode, compose_ws, layer_groups,
                             network_family)
 from engine.networks.stylegan3 import input_transform
 
-__all__ = ["PREVIEW_MAX_RESOLUTION", "RenderResult", "Renderer", "preview_resolution"]
+__all__ = ["PREVIEW_MAX_RESOLUTION", "RenderOptions", "RenderResult", "Renderer", "preview_resolution"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class RenderResult:
     ws: np.ndarray       # float32 [num_ws, w_dim], the W+ sent to synthesis ([rows, cols, num_ws, w_dim] for a grid)
     render_ms: float     # wall time of the render, latents to numpy image
     preview: bool        # True when this is a cheaper preview (same size, less detail)
+    path: str = ""       # how synthesis ran, e.g. "fast: float16 + float32, grouped modconv, CUDA graph"
 
 
 def preview_resolution(img_resolution: int) -> int:
@@ -67,10 +68,12 @@ class Renderer:
     """Renders EditStates with one generator on one device; not thread-safe (one thread uses it).
 
     It sets StyleGAN3's `synthesis.input.transform` buffer on G from `state.transform` (only when
-    the transform changes), so G belongs to this renderer while it renders.
+    the transform changes), so G belongs to this renderer while it renders. `options` picks the
+    render path (fast by default; on the CPU the fast path is the float32 reference).
     """
 
-    def __init__(self, networks: dict[str, nn.Module] | nn.Module, device: str | torch.device = "cpu"):
+    def __init__(self, networks: dict[str, nn.Module] | nn.Module, device: str | torch.device = "cpu",
+                 options: RenderOptions | None = None):
         G = _pick_generator(networks)
         self._family = network_family(G)                    # a StyleDeckError for a discriminator
         self.device = torch.device(device)
@@ -80,6 +83,7 @@ class Renderer:
         self._cache = LatentCache(G)
         self._groups = layer_groups(G)
         self._transform: tuple[float, float, float] | None = None  # what the buffer holds; None = unknown
+        self._synth = Synthesizer(self._G, self._family, options)
 
     # --- what the app asks about the network ---------------------------------------------------
 
@@ -107,6 +111,19 @@ class Renderer:
     def cache(self) -> LatentCache:
         return self._cache
 
+    @property
+    def options(self) -> RenderOptions:
+        return self._synth.options
+
+    def set_options(self, options: RenderOptions) -> None:
+        """Switch the render path or its settings; captured CUDA graphs are dropped."""
+        self._synth = Synthesizer(self._G, self._family, options)
+
+    @property
+    def path_status(self) -> str:
+        """How the last render ran (before any: how a batch-1 render will run), e.g. for a status bar."""
+        return self._synth.status
+
     # --- rendering ---------------------------------------------------------------------------
 
     def compose(self, state: EditState) -> np.ndarray:
@@ -128,14 +145,11 @@ class Renderer:
             ws = self._compose(state)                                   # [1, num_ws, w_dim]
             self._set_transform(state.transform)
             stop = self._preview_stop() if preview else None
-            if stop is None:
-                img = self._G.synthesis(ws, noise_mode=state.noise_mode)  # [1, C, H, W]
-            else:
-                img = self._synthesis_until(ws, stop, state.noise_mode)   # [1, C, H, W]
+            img = self._synth(ws, state.noise_mode, stop)                 # float32 [1, C, H, W]
             image = np.array(to_rgb(to_uint8(img)[0]), copy=True)         # [H, W, 3], owned
             ws_np = ws[0].cpu().numpy().copy()                            # [num_ws, w_dim]
         return RenderResult(image=image, ws=ws_np, render_ms=(time.perf_counter() - start) * 1000.0,
-                            preview=stop is not None)
+                            preview=stop is not None, path=self._synth.status)
 
     def render_grid(self, rows: Sequence[Source | int], cols: Sequence[Source | int], layers: Sequence[int],
                     psi: float = 1.0, cutoff: int | None = None, noise_mode: str = "const", *,
@@ -143,7 +157,8 @@ class Renderer:
         """NVIDIA's style-mixing grid: column sources across the top, row sources down the left, each
         cell the row source with the column source's ws on `layers`; the corner stays black.
 
-        The same maths as `main.py mix` (engine/cli.py cmd_mix), so the pixels equal its grid.png.
+        The same maths as `main.py mix` (engine/cli.py cmd_mix), so on the CPU (or the reference path)
+        the pixels equal its grid.png; cells go through the renderer's path like `render`.
         result.ws is float32 [len(rows), len(cols), num_ws, w_dim], the W+ of each mixed cell.
         `transform` (StyleGAN3) None keeps the last one rendered.
         """
@@ -159,7 +174,7 @@ class Renderer:
         check_noise_mode(noise_mode)
 
         def render(w: torch.Tensor) -> np.ndarray:                      # [num_ws, w_dim] -> [H, W, 3]
-            return to_rgb(to_uint8(self._G.synthesis(w[None], noise_mode=noise_mode))[0])
+            return to_rgb(to_uint8(self._synth(w[None], noise_mode))[0])
 
         with torch.no_grad(), _translate_oom():
             if transform is not None:
@@ -180,7 +195,7 @@ class Renderer:
             cells += [alone[row]] + [mixed[r, c] for c in range(len(cols))]
         grid = image_grid(cells, rows=len(rows) + 1, cols=len(cols) + 1)  # fresh array
         return RenderResult(image=grid, ws=cells_ws, render_ms=(time.perf_counter() - start) * 1000.0,
-                            preview=False)
+                            preview=False, path=self._synth.status)
 
     # --- internals ---------------------------------------------------------------------------
 
@@ -209,26 +224,3 @@ class Renderer:
             return None  # no partial RGB to stop at
         res = preview_resolution(self.resolution)
         return res if res in synthesis.block_resolutions else None
-
-    def _synthesis_until(self, ws: torch.Tensor, stop: int, noise_mode: str) -> torch.Tensor:
-        """StyleGAN2 'skip': run blocks 4..stop, upsample the partial RGB to full size. [1, C, R, R]."""
-        synthesis = self._G.synthesis
-        ws = ws.to(torch.float32)
-        x = img = None
-        w_idx = 0
-        for res in synthesis.block_resolutions:
-            if res > stop:
-                break
-            block = getattr(synthesis, f"b{res}")
-            # As SynthesisNetwork.forward: a block reads num_conv + num_torgb ws, advances num_conv.
-            cur_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
-            x, img = block(x, img, cur_ws, noise_mode=noise_mode)       # img [1, C, res, res]
-            w_idx += block.num_conv
-        # Upsample the way the skipped blocks would (upsample2d with their [1, 3, 3, 1] filter, zero
-        # padded): the preview then lacks only their ToRGB detail. F.interpolate(bilinear) has the
-        # same interior weights but replicates edges, which brightens or darkens the border rows.
-        res = stop
-        while res < self.resolution:
-            res *= 2
-            img = cuda_ops.upsample2d(img, getattr(synthesis, f"b{res}").resample_filter)  # [1, C, res, res]
-        return img

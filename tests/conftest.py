@@ -9,6 +9,13 @@ import pytest
 import torch
 
 
+def pytest_sessionstart(session):
+    # Build (or load) the compiled CPU ops before any test runs, so the one-off build (a minute or
+    # two, cached on disk) never lands inside a test that waits on a signal with a timeout.
+    from cuda_ops import build
+    build.load_kernels("cpu")
+
+
 def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA device; none found")

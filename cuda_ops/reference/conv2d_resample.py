@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .upfirdn2d import IntPair, filter_size, parse_padding, upfirdn2d
+from .upfirdn2d import IntPair, UpFirDn2d, filter_size, parse_padding, upfirdn2d
 
 
 def conv2d_resample(
@@ -17,11 +17,14 @@ def conv2d_resample(
     groups: int = 1,
     flip_weight: bool = True,
     flip_filter: bool = False,
+    *,
+    op: UpFirDn2d = upfirdn2d,
 ) -> torch.Tensor:
     """Upsample (zeros + filter f), correlate with w, downsample (filter f + decimate).
 
     `flip_weight=False` convolves with the spatially flipped kernel, as NVIDIA's layers ask for
     in their upsampling layers; their weights are trained with that convention.
+    `op` runs the upfirdn2d (the façade passes its own, so a kernel speeds this up too).
     """
     if x.ndim != 4 or w.ndim != 4:
         raise ValueError(f"conv2d_resample expects 4-D x and w, got {tuple(x.shape)} and {tuple(w.shape)}")
@@ -48,12 +51,12 @@ def conv2d_resample(
 
     if up == 1 and down > 1 and kw == 1 and kh == 1:
         # A 1x1 kernel commutes with the filter: decimate first, convolve the smaller image.
-        x = upfirdn2d(x, f, down=down, padding=[x0, x1, y0, y1], flip_filter=flip_filter)
+        x = op(x, f, down=down, padding=[x0, x1, y0, y1], flip_filter=flip_filter)
         return F.conv2d(x, w, groups=groups)
 
-    x = upfirdn2d(x, f if up > 1 else None, up=up, padding=[x0, x1, y0, y1],
+    x = op(x, f if up > 1 else None, up=up, padding=[x0, x1, y0, y1],
                   gain=up ** 2, flip_filter=flip_filter)
     x = F.conv2d(x, w, groups=groups)
     if down > 1:
-        x = upfirdn2d(x, f, down=down, flip_filter=flip_filter)
+        x = op(x, f, down=down, flip_filter=flip_filter)
     return x

@@ -5,12 +5,13 @@ Like NVIDIA's op, the filter is applied as a convolution (flipped) unless `flip_
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 IntPair = int | Sequence[int]
+UpFirDn2d = Callable[..., torch.Tensor]  # upfirdn2d's signature: the reference or the façade's
 
 
 def parse_scaling(scaling: IntPair) -> tuple[int, int]:
@@ -108,29 +109,32 @@ def upfirdn2d(
 
 
 def upsample2d(x: torch.Tensor, f: torch.Tensor | None, up: IntPair = 2, padding: IntPair = 0,
-               flip_filter: bool = False, gain: float = 1) -> torch.Tensor:
-    """Upsample by `up` keeping the image centred: output size is input size * up (plus padding)."""
+               flip_filter: bool = False, gain: float = 1, *, op: UpFirDn2d = upfirdn2d) -> torch.Tensor:
+    """Upsample by `up` keeping the image centred: output size is input size * up (plus padding).
+
+    `op` runs the upfirdn2d (the façade passes its own, so a kernel speeds this up too).
+    """
     upx, upy = parse_scaling(up)
     x0, x1, y0, y1 = parse_padding(padding)
     fw, fh = filter_size(f)
     p = [x0 + (fw + upx - 1) // 2, x1 + (fw - upx) // 2, y0 + (fh + upy - 1) // 2, y1 + (fh - upy) // 2]
-    return upfirdn2d(x, f, up=(upx, upy), padding=p, flip_filter=flip_filter, gain=gain * upx * upy)
+    return op(x, f, up=(upx, upy), padding=p, flip_filter=flip_filter, gain=gain * upx * upy)
 
 
 def downsample2d(x: torch.Tensor, f: torch.Tensor | None, down: IntPair = 2, padding: IntPair = 0,
-                 flip_filter: bool = False, gain: float = 1) -> torch.Tensor:
+                 flip_filter: bool = False, gain: float = 1, *, op: UpFirDn2d = upfirdn2d) -> torch.Tensor:
     """Downsample by `down` keeping the image centred: output size is input size / down (plus padding)."""
     downx, downy = parse_scaling(down)
     x0, x1, y0, y1 = parse_padding(padding)
     fw, fh = filter_size(f)
     p = [x0 + (fw - downx + 1) // 2, x1 + (fw - downx) // 2, y0 + (fh - downy + 1) // 2, y1 + (fh - downy) // 2]
-    return upfirdn2d(x, f, down=(downx, downy), padding=p, flip_filter=flip_filter, gain=gain)
+    return op(x, f, down=(downx, downy), padding=p, flip_filter=flip_filter, gain=gain)
 
 
 def filter2d(x: torch.Tensor, f: torch.Tensor | None, padding: IntPair = 0,
-             flip_filter: bool = False, gain: float = 1) -> torch.Tensor:
+             flip_filter: bool = False, gain: float = 1, *, op: UpFirDn2d = upfirdn2d) -> torch.Tensor:
     """Filter keeping the size (plus padding)."""
     x0, x1, y0, y1 = parse_padding(padding)
     fw, fh = filter_size(f)
     p = [x0 + fw // 2, x1 + (fw - 1) // 2, y0 + fh // 2, y1 + (fh - 1) // 2]
-    return upfirdn2d(x, f, padding=p, flip_filter=flip_filter, gain=gain)
+    return op(x, f, padding=p, flip_filter=flip_filter, gain=gain)

@@ -32,9 +32,11 @@ BLOCK_KWARGS = ("architecture", "resample_filter", "conv_clamp", "fp16_channels_
 SYNTHESIS_KWARGS = ("channel_base", "channel_max", "num_fp16_res") + BLOCK_KWARGS
 
 
-def block_dtype(use_fp16: bool, force_fp32: bool, device: torch.device) -> torch.dtype:
-    """float16 for an fp16 block on CUDA unless forced to float32; float32 otherwise (see module doc)."""
-    return torch.float16 if use_fp16 and not force_fp32 and device.type == "cuda" else torch.float32
+def block_dtype(use_fp16: bool, force_fp32: bool, device: torch.device,
+                half_dtype: torch.dtype = torch.float16) -> torch.dtype:
+    """`half_dtype` (float16 unless the fast render path picks bfloat16) for an fp16 block on CUDA
+    unless forced to float32; float32 otherwise (see module doc)."""
+    return half_dtype if use_fp16 and not force_fp32 and device.type == "cuda" else torch.float32
 
 
 class SynthesisLayer(nn.Module):
@@ -202,6 +204,8 @@ class SynthesisBlock(nn.Module):
         force_fp32: bool = False,       # run in float32 even if this is an fp16 block
         fused_modconv: bool | str | None = None,  # None = fused_modconv_default
         update_emas: bool = False,      # unused; accepted for NVIDIA's signature
+        half_dtype: torch.dtype = torch.float16,  # what an fp16 block runs in on CUDA (render fast path)
+        channels_last: bool | None = None,  # half-precision activations channels-last; None = fp16_channels_last
         **layer_kwargs: Any,            # noise_mode, handed to the layers
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(features [N, out_channels, R, R], image [N, img_channels, R, R] or None)."""
@@ -210,8 +214,10 @@ class SynthesisBlock(nn.Module):
             raise ValueError(f"block b{self.resolution} takes {self.num_conv + self.num_torgb} ws, "
                              f"got {ws.shape[1]}")
         w_iter = iter(ws.unbind(dim=1))
-        dtype = block_dtype(self.use_fp16, force_fp32, ws.device)
-        memory_format = (torch.channels_last if self.channels_last and dtype == torch.float16
+        dtype = block_dtype(self.use_fp16, force_fp32, ws.device, half_dtype)
+        if channels_last is None:
+            channels_last = self.channels_last
+        memory_format = (torch.channels_last if channels_last and dtype != torch.float32
                          else torch.contiguous_format)
         if fused_modconv is None:
             fused_modconv = self.fused_modconv_default
@@ -286,7 +292,7 @@ class SynthesisNetwork(nn.Module):
             setattr(self, f"b{res}", block)
 
     def forward(self, ws: torch.Tensor, **block_kwargs: Any) -> torch.Tensor:
-        """block_kwargs: noise_mode, force_fp32, fused_modconv, update_emas."""
+        """block_kwargs: noise_mode, force_fp32, fused_modconv, update_emas, half_dtype, channels_last."""
         if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
             raise ValueError(f"ws must be [N, {self.num_ws}, {self.w_dim}], got {tuple(ws.shape)}")
         ws = ws.to(torch.float32)

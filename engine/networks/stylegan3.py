@@ -101,8 +101,14 @@ def modulated_conv2d(
     demodulate: bool = True,                  # normalise each output channel's weights per sample
     padding: int = 0,                         # zero padding on every side
     input_gain: torch.Tensor | None = None,   # [] or [I]: scale of the input, folded into w
+    fused_modconv: bool = True,               # one grouped conv (True) or scale the activations (False)?
 ) -> torch.Tensor:
-    """Per-sample modulated (and demodulated) convolution as one grouped conv: [N, O, H', W']."""
+    """Per-sample modulated (and demodulated) convolution: [N, O, H', W'].
+
+    fused_modconv=True folds the styles into per-sample weights (one grouped conv; best for a batch
+    of one); False scales the activations around one shared-weight conv for the whole batch, the
+    same function in another order (best for larger batches on a GPU).
+    """
     n = x.shape[0]
     out_ch, in_ch, kh, kw = w.shape
     assert s.shape == (n, in_ch), (s.shape, n, in_ch)
@@ -112,6 +118,8 @@ def modulated_conv2d(
         # uses one scalar over the whole batch) gives the same image and keeps samples independent.
         w = w * w.square().mean(dim=[1, 2, 3], keepdim=True).rsqrt()
         s = s * s.square().mean(dim=1, keepdim=True).rsqrt()
+    if not fused_modconv:
+        return _scaled_modconv(x, w, s, demodulate, padding, input_gain)
     w = w.unsqueeze(0) * s[:, None, :, None, None]                       # [N, O, I, kh, kw]
     if demodulate:
         dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()          # [N, O]
@@ -122,6 +130,24 @@ def modulated_conv2d(
     w = w.reshape(n * out_ch, in_ch, kh, kw)
     x = torch.nn.functional.conv2d(x, w.to(x.dtype), padding=padding, groups=n)
     return x.reshape(n, out_ch, *x.shape[2:])                            # [N, O, H', W']
+
+
+def _scaled_modconv(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor, demodulate: bool, padding: int,
+                    input_gain: torch.Tensor | None) -> torch.Tensor:
+    """modulated_conv2d with the styles on the activations: x s -> conv(w) -> times the demodulation."""
+    n, in_ch = s.shape
+    out_ch, _, kh, kw = w.shape
+    scale = s if input_gain is None else s * input_gain.expand(n, in_ch)          # [N, I]
+    x = x * scale.to(x.dtype)[:, :, None, None]
+    if not demodulate:
+        return torch.nn.functional.conv2d(x, w.to(x.dtype), padding=padding)
+    # sum_{i,k} (w_oik s_ni)^2 without the [N, O, I, kh, kw] tensor: (s^2) @ (sum_k w^2)^T.
+    dcoefs = (s.square() @ w.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()        # [N, O]
+    # The He scale moves from the demodulation into the shared weight so that half-precision
+    # activations keep about unit scale inside the conv; the product is unchanged.
+    fan_in = in_ch * kh * kw
+    x = torch.nn.functional.conv2d(x, (w * (1 / np.sqrt(fan_in))).to(x.dtype), padding=padding)
+    return x * (dcoefs * np.sqrt(fan_in)).to(x.dtype)[:, :, None, None]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,10 +355,13 @@ class SynthesisLayer(nn.Module):
         self.padding = [int(pad_lo[0]), int(pad_hi[0]), int(pad_lo[1]), int(pad_hi[1])]
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random", force_fp32: bool = False,
-                update_emas: bool = False) -> torch.Tensor:
+                update_emas: bool = False, fused_modconv: bool = True,
+                half_dtype: torch.dtype = torch.float16) -> torch.Tensor:
         """[N, out_channels, out_h, out_w] from x [N, in_channels, in_h, in_w] and w [N, w_dim].
 
         noise_mode is accepted for signature compatibility with StyleGAN2 and ignored: no noise here.
+        fused_modconv picks the form of the modulated convolution (see modulated_conv2d); half_dtype
+        is what an fp16 layer runs in on CUDA (the render fast path may pick bfloat16).
         """
         if noise_mode not in ("random", "const", "none"):
             raise ValueError(f"noise_mode must be 'random', 'const' or 'none', got {noise_mode!r}")
@@ -352,9 +381,9 @@ class SynthesisLayer(nn.Module):
         # Half precision only on CUDA, as NVIDIA does: CPU float16 convolutions are slow or missing,
         # and would change the image a CPU user sees against the reference.
         use_half = self.use_fp16 and not force_fp32 and x.device.type == "cuda"
-        dtype = torch.float16 if use_half else torch.float32
+        dtype = half_dtype if use_half else torch.float32
         x = modulated_conv2d(x.to(dtype), self.weight, styles, demodulate=not self.is_torgb,
-                             padding=self.conv_kernel - 1, input_gain=input_gain)
+                             padding=self.conv_kernel - 1, input_gain=input_gain, fused_modconv=fused_modconv)
 
         gain = 1 if self.is_torgb else np.sqrt(2)        # He gain of the leaky ReLU
         slope = 1 if self.is_torgb else 0.2              # slope 1: ToRGB is linear
@@ -446,7 +475,7 @@ class SynthesisNetwork(nn.Module):
     def forward(self, ws: torch.Tensor, **layer_kwargs) -> torch.Tensor:
         """img [N, img_channels, img_resolution, img_resolution] for ws [N, num_ws, w_dim].
 
-        layer_kwargs: noise_mode (ignored), force_fp32, update_emas.
+        layer_kwargs: noise_mode (ignored), force_fp32, update_emas, fused_modconv, half_dtype.
         """
         assert ws.shape[1:] == (self.num_ws, self.w_dim), (ws.shape, self.num_ws, self.w_dim)
         ws = ws.to(torch.float32).unbind(dim=1)          # ws[0] drives the input, ws[i] layer i-1

@@ -273,8 +273,8 @@ def test_fp16_arithmetic_stays_close_to_float32(monkeypatch):
     G = tiny_generator()
     ws = G.mapping(z_batch(), None)
     ref = G.synthesis(ws, noise_mode="const")
-    monkeypatch.setattr(sg2, "block_dtype", lambda use_fp16, force_fp32, device:
-                        torch.float16 if use_fp16 and not force_fp32 else torch.float32)
+    monkeypatch.setattr(sg2, "block_dtype", lambda use_fp16, force_fp32, device, half_dtype=torch.float16:
+                        half_dtype if use_fp16 and not force_fp32 else torch.float32)
     x, _ = G.synthesis.b16(*G.synthesis.b8(*G.synthesis.b4(None, None, ws[:, :2]), ws[:, 1:4]), ws[:, 3:6])
     assert x.dtype == torch.float16
     for fused in (True, False):

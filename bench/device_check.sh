@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The GPU checks of issue 9 in ONE command, for a session that has the device machine (an H200).
+#
+# Before the call, on the dev machine (once; the reference vectors must travel with the repo, and
+# ../shared does not travel):
+#     mkdir -p .git/info && grep -qx '/shared/' .git/info/exclude 2>/dev/null || echo '/shared/' >> .git/info/exclude
+#     mkdir -p shared && cp -r ../shared/reference shared/
+# The call (device tool):  run(command="bash bench/device_check.sh", timeout_s=600)
+#
+# What it does, each step under its own `timeout` (build 150 s, pytest 180 s, gpu_speed what is left
+# less 60 s but at most 240 s, the other two 30 s each), all within DEVICE_CHECK_BUDGET_S (default 540 s;
+# with the machine's start, about 11-12 of a session's 15 device minutes):
+#   env         GPU, driver, nvcc, python3 and torch versions                        -> $OUT/summary.txt
+#   build       cuda_ops' CPU and CUDA kernels (JIT, sm_90), then cuda_ops.status()  -> $OUT/build.log
+#   pytest      every gpu-marked test outside tests/app (the app needs PySide6, absent there), -v so
+#               that a run cut short still shows which tests passed
+#                                                                                     -> $OUT/pytest_gpu.log
+#   gpu_speed   bench/gpu_speed.py: ops kernel vs reference, generators fast vs reference, targets
+#                                                                                     -> $OUT/gpu_speed.log, .json
+#   projection_speed, export_speed: bench scripts of other issues, when present      -> $OUT/<name>.log
+# $OUT/summary.txt ends with one line per step (exit code, seconds) and the key result lines; the
+# reply's output_tail shows the same. Nothing is installed: the machine's python3 has torch, numpy,
+# pytest, safetensors, imageio, opencv, pillow, tqdm, ninja and nvcc, which is all this needs
+# (pip install -e . is not possible offline there, so the repo goes on PYTHONPATH instead).
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/device_check_out}
+mkdir -p "$OUT"
+SUMMARY="$OUT/summary.txt"
+: > "$SUMMARY"
+BUDGET=${DEVICE_CHECK_BUDGET_S:-540}
+START=$(date +%s)
+PY=${PYTHON:-python3}
+
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}   # the H200: build sm_90 only (faster build)
+export MAX_JOBS=${MAX_JOBS:-16}
+export STYLEDECK_KERNEL_CACHE=${STYLEDECK_KERNEL_CACHE:-/tmp/styledeck-kernels}
+if [ -z "${STYLEDECK_REFERENCE:-}" ]; then
+    for d in ../shared/reference shared/reference; do
+        if [ -f "$d/sg2_uncond_config.json" ]; then export STYLEDECK_REFERENCE="$(cd "$d" && pwd)"; break; fi
+    done
+fi
+
+say() { echo "$*" | tee -a "$SUMMARY"; }
+left() { echo $(( BUDGET - ($(date +%s) - START) )); }
+
+# step NAME CAP_SECONDS COMMAND...: runs COMMAND with at most min(CAP, time left) seconds into $OUT/NAME.log.
+step() {
+    local name=$1 cap=$2; shift 2
+    local t; t=$(left)
+    [ "$cap" -lt "$t" ] && t=$cap
+    if [ "$t" -lt 15 ]; then say "STEP $name: skipped (budget spent)"; return; fi
+    echo "=== $name (at most ${t}s) ==="
+    local s; s=$(date +%s)
+    timeout -k 5 "$t" "$@" > "$OUT/$name.log" 2>&1
+    local rc=$?
+    local note=""; [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && note=" (timed out)"
+    say "STEP $name: rc=$rc$note, $(( $(date +%s) - s ))s"
+    tail -n 25 "$OUT/$name.log"
+}
+
+say "# device_check $(date -u +%Y-%m-%dT%H:%M:%SZ), budget ${BUDGET}s, git $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv,noheader 2>&1
+  nvcc --version 2>&1 | tail -n 1
+  $PY -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.get_device_name(0), "cc", torch.cuda.get_device_capability(0))' 2>&1
+  echo "STYLEDECK_REFERENCE=${STYLEDECK_REFERENCE:-not found: the reference-vector tests will fail (see the top of this script)}"
+} | tee -a "$SUMMARY"
+
+step build 150 $PY -c '
+import logging, time
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+from cuda_ops import build
+import cuda_ops
+for kind in ("cpu", "cuda"):
+    t = time.time()
+    reason = build.load_kernels(kind)
+    print(f"{kind} kernels:", "loaded" if reason is None else f"NOT loaded: {reason}", f"({time.time() - t:.0f}s)")
+for op, how in cuda_ops.status().items():
+    print(f"status {op}: {how}")
+'
+
+GPU_TESTS=$(grep -rlE "pytest\.mark\.gpu" tests --include='*.py' | grep -v '^tests/app/' | sort | tr '\n' ' ')
+TIMEOUT_ARGS=""; $PY -c "import pytest_timeout" 2>/dev/null && TIMEOUT_ARGS="--timeout 150"   # one hung test must not eat the rest
+step pytest_gpu 180 $PY -m pytest -m gpu -v -p no:cacheprovider -o addopts="" -rfEs $TIMEOUT_ARGS $GPU_TESTS
+
+SPEED_CAP=$(( $(left) - 60 ))            # leave time for the two short scripts after it
+[ "$SPEED_CAP" -gt 240 ] && SPEED_CAP=240
+# GPU_SPEED_ARGS: extra flags, e.g. "--device cpu --quick --sizes 16" for a dry run of this script without a GPU.
+step gpu_speed "$SPEED_CAP" $PY bench/gpu_speed.py --json "$OUT/gpu_speed.json" --budget-s $(( SPEED_CAP - 40 )) ${GPU_SPEED_ARGS:-}
+
+for name in projection_speed export_speed; do
+    if [ -f "bench/$name.py" ]; then step "$name" 30 $PY "bench/$name.py"; else say "STEP $name: bench/$name.py not present"; fi
+done
+
+{ echo "--- results ---"
+  grep -E "^(cpu|cuda) kernels:|^status " "$OUT/build.log" 2>/dev/null
+  tail -n 1 "$OUT/pytest_gpu.log" 2>/dev/null
+  grep -E "^(FAILED|ERROR) " "$OUT/pytest_gpu.log" 2>/dev/null | head -n 20
+  sed -n '/^## targets/,$p' "$OUT/gpu_speed.log" 2>/dev/null
+  echo "total $(( $(date +%s) - START ))s"
+} | tee -a "$SUMMARY"

@@ -1,0 +1,1 @@
+"""Python side of the compiled ops: fake (meta) kernels, autograd, and reference-shaped wrappers."""
