@@ -7,29 +7,15 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
-import torch
 
-from engine.checkpoint import save_checkpoint
-from engine.images import to_uint8
-from engine.networks import stylegan2
+from projection_target import tiny_network_and_target
 from run_main import failed, ok, run
 
 
 @pytest.fixture(scope="module")
 def network(tmp_path_factory) -> tuple[Path, np.ndarray]:
-    """A tiny StyleGAN2 checkpoint (toRGB scaled so images stay in range) and an image it generates."""
-    torch.manual_seed(0)
-    G = stylegan2.Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=16, img_channels=3, channel_base=256,
-                            channel_max=32, num_fp16_res=0).eval()
-    with torch.no_grad():
-        for name, module in G.named_modules():
-            if name.endswith("torgb"):
-                module.weight.mul_(0.25)
-        image = to_uint8(G(torch.randn([1, 32], generator=torch.Generator().manual_seed(3)), None,
-                           noise_mode="const"))[0]
-    path = tmp_path_factory.mktemp("project-net") / "tiny.safetensors"
-    save_checkpoint(path, {"G_ema": G})
-    return path, image
+    """A tiny StyleGAN2 checkpoint and an image it generates."""
+    return tiny_network_and_target(tmp_path_factory.mktemp("project-net"))
 
 
 @pytest.fixture(autouse=True)
