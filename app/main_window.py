@@ -50,7 +50,7 @@ def load_for_app(path: str, device: str = "cpu", *, progress: Any = None, cancel
     renderer = engine.Renderer(networks, _device(device))
     info = dict(engine.network_info(renderer.G))
     info["device"] = str(getattr(renderer, "device", _device(device)))
-    info["precision"] = "float16 + float32" if info.get("num_fp16_res") and "cuda" in info["device"] else "float32"
+    info["precision"] = renderer.path_status   # e.g. "fast: float16 + float32, ..., CUDA graph"
     info["path"] = str(path)
     info["provenance"] = engine.provenance_lines(engine.provenance(path))
     return LoadedNetwork(str(path), renderer, info)
@@ -300,6 +300,7 @@ class MainWindow(QMainWindow):
         kind = " · preview" if getattr(result, "preview", False) else ""
         rate = f"{fps:.1f} fps" if fps > 0 else "– fps"
         self.render_label.setText(f"{w}×{h} · render {render_ms:.1f} ms · {rate}{kind}")
+        self.render_label.setToolTip(f"Render path: {result.path}" if getattr(result, "path", "") else "")
 
     def _render_failed(self, message: str) -> None:
         self.last_error = message

@@ -30,7 +30,7 @@ FILE_FILTER = "Networks (*.pkl *.safetensors);;NVIDIA pickles (*.pkl);;StyleDeck
 # model info rows: (key in the info view, label)
 INFO_ROWS = (("file", "File"), ("kind", "Kind"), ("resolution", "Resolution"), ("num_ws", "W+ layers (num_ws)"),
              ("layers", "Synthesis layers"), ("parameters", "Parameters"), ("device", "Device"),
-             ("precision", "Precision"), ("conditional", "Conditional"), ("provenance", "Made from"))
+             ("precision", "Precision / render path"), ("conditional", "Conditional"), ("provenance", "Made from"))
 _FAMILY_NAMES = {"stylegan2": "StyleGAN2", "stylegan3": "StyleGAN3", "discriminator": "Discriminator"}
 
 
