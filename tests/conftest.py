@@ -16,6 +16,18 @@ def pytest_sessionstart(session):
     build.load_kernels("cpu")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny convolutions run far faster on one thread, above all while another process keeps the CPU busy.
+
+    A module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA device; none found")

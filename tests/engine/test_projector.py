@@ -17,13 +17,7 @@ from engine.networks import stylegan2
 from engine.projector import VGG16_FILE, VGG16_URL, ProjectionOptions, ms_ssim, project, save_projection
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run ~50x faster on one thread while another process keeps the CPU busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_generator(resolution: int = 16) -> torch.nn.Module:

@@ -21,12 +21,7 @@ from engine.video import (AnimationSpec, Motion, export_animation, frame_latents
 from engine.video_encode import EncodeOptions
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)          # tiny convolutions: one thread is far faster on a busy CPU
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sg3(config: str = "T", resolution: int = 16) -> engine.Renderer:
