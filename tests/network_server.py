@@ -1,4 +1,8 @@
-"""A local HTTP server that serves network files well and badly, for download tests (no internet)."""
+"""A local HTTP server that serves network files well and badly, for download tests (no internet).
+
+A test module imports the fixtures `server` (the base URL) and `cache` (autouse there: a fresh
+$STYLEDECK_CACHE per test, and the slow routes held until the test ends).
+"""
 from __future__ import annotations
 
 import http.server
@@ -7,6 +11,8 @@ import socket
 import threading
 from contextlib import contextmanager
 from typing import Iterator
+
+import pytest
 
 # a real pickle (PROTO opcode first) a few chunks long
 PAYLOAD = pickle.dumps({"weights": bytes(range(256)) * 1200}, protocol=4)
@@ -75,3 +81,18 @@ def serve() -> Iterator[str]:
         NetworkHandler.release.set()
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    with serve() as url:
+        yield url
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("STYLEDECK_CACHE", str(folder))
+    NetworkHandler.release.clear()
+    yield folder
+    NetworkHandler.release.set()

@@ -10,24 +10,9 @@ from PySide6.QtCore import QSettings
 import engine
 from app.panels.model import MAX_RECENT, KnownNetworksDialog, ModelPanel
 from engine.networks import stylegan2, stylegan3
-from network_server import PAYLOAD, NetworkHandler, serve
+from network_server import PAYLOAD, NetworkHandler, cache, server  # noqa: F401 (fixtures; cache is autouse)
 
 TIMEOUT_MS = 15_000
-
-
-@pytest.fixture(scope="module")
-def server():
-    with serve() as url:
-        yield url
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("STYLEDECK_CACHE", str(folder))
-    NetworkHandler.release.clear()
-    yield folder
-    NetworkHandler.release.set()
 
 
 @pytest.fixture

@@ -13,21 +13,7 @@ import engine
 from engine import (KNOWN_NETWORKS, CancelToken, Cancelled, CorruptFileError, DownloadError, KnownNetwork,
                     StyleDeckError, cache_dir, cached_path, download_network)
 from engine.downloads import load_known_networks
-from network_server import PAYLOAD, NetworkHandler, serve
-
-@pytest.fixture(scope="module")
-def server():
-    with serve() as url:
-        yield url
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("STYLEDECK_CACHE", str(folder))
-    NetworkHandler.release.clear()
-    yield folder
-    NetworkHandler.release.set()
+from network_server import PAYLOAD, NetworkHandler, cache, server  # noqa: F401 (fixtures; cache is autouse)
 
 
 def closed_port_url() -> str:
