@@ -284,28 +284,12 @@ def _check_motion(renderer: Renderer, spec: AnimationSpec) -> None:
 
 
 def _synthesis(renderer: Renderer, ws: torch.Tensor, transforms: np.ndarray | None, noise_mode: str) -> torch.Tensor:
-    """img [B, C, H, W] for ws [B, num_ws, w_dim]; StyleGAN3 with `transforms` [B, 3] gets one each.
-
-    The input transform is one buffer for the whole batch, so with per-frame transforms the Fourier
-    input runs per frame and the layers after it (nearly all the work) run as one batch: the same
-    steps as SynthesisNetwork.forward.
-    """
-    G = renderer.G
+    """img [B, C, H, W] for ws [B, num_ws, w_dim]; StyleGAN3 with `transforms` [B, 3] gets one each."""
+    synthesis = renderer.G.synthesis
     if transforms is None:
-        return G.synthesis(ws, noise_mode=noise_mode)
-    synthesis = G.synthesis
-    buffer = synthesis.input.transform
-    per_w = ws.to(torch.float32).unbind(dim=1)                           # ws[0] drives the input
-    parts = []
-    for i, (rotate, tx, ty) in enumerate(transforms):
-        buffer.copy_(torch.from_numpy(input_transform(float(rotate), (float(tx), float(ty)))).to(buffer))
-        parts.append(synthesis.input(per_w[0][i:i + 1]))
-    x = torch.cat(parts)                                                 # [B, C0, S0, S0]
-    for name, w in zip(synthesis.layer_names, per_w[1:]):
-        x = getattr(synthesis, name)(x, w, noise_mode=noise_mode)
-    if synthesis.output_scale != 1:
-        x = x * synthesis.output_scale
-    return x.to(torch.float32)
+        return synthesis(ws, noise_mode=noise_mode)
+    per_frame = np.stack([input_transform(float(rotate), (float(tx), float(ty))) for rotate, tx, ty in transforms])
+    return synthesis(ws, transform=torch.from_numpy(per_frame).to(ws.device), noise_mode=noise_mode)
 
 
 def render_frames(renderer: Renderer, spec: AnimationSpec, *, batch: int = DEFAULT_BATCH,

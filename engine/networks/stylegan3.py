@@ -236,8 +236,12 @@ class SynthesisInput(nn.Module):
         self.register_buffer("freqs", freqs)
         self.register_buffer("phases", phases)
 
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        """Features [N, channels, height, width] for w [N, w_dim]."""
+    def forward(self, w: torch.Tensor, transform: torch.Tensor | None = None) -> torch.Tensor:
+        """Features [N, channels, height, width] for w [N, w_dim].
+
+        transform: [N, 3, 3], one user transform per sample (e.g. animation frames); None uses the
+        `transform` buffer for every sample, as NVIDIA's code does.
+        """
         n = w.shape[0]
         # Learned per-sample similarity: rotate by the unit vector (t0, t1), translate by -(t2, t3).
         t = self.affine(w)                                                # [N, 4]
@@ -246,7 +250,8 @@ class SynthesisInput(nn.Module):
         zero, one = torch.zeros_like(cos), torch.ones_like(cos)
         m_r = torch.stack([cos, -sin, zero, sin, cos, zero, zero, zero, one], dim=1).reshape(n, 3, 3)
         m_t = torch.stack([one, zero, -tx, zero, one, -ty, zero, zero, one], dim=1).reshape(n, 3, 3)
-        transforms = m_r @ m_t @ self.transform.unsqueeze(0)              # [N, 3, 3]
+        user = self.transform.unsqueeze(0) if transform is None else transform.to(m_r)
+        transforms = m_r @ m_t @ user                                     # [N, 3, 3]
 
         # sin(2 pi (f . (A p + b) + phase)) = sin(2 pi ((f A) . p + f . b + phase))
         phases = self.phases.unsqueeze(0) + (self.freqs.unsqueeze(0) @ transforms[:, :2, 2:]).squeeze(2)
@@ -472,14 +477,15 @@ class SynthesisNetwork(nn.Module):
             setattr(self, name, layer)
             self.layer_names.append(name)
 
-    def forward(self, ws: torch.Tensor, **layer_kwargs) -> torch.Tensor:
+    def forward(self, ws: torch.Tensor, transform: torch.Tensor | None = None, **layer_kwargs) -> torch.Tensor:
         """img [N, img_channels, img_resolution, img_resolution] for ws [N, num_ws, w_dim].
 
+        transform: optional [N, 3, 3] input transform per sample (see SynthesisInput.forward).
         layer_kwargs: noise_mode (ignored), force_fp32, update_emas, fused_modconv, half_dtype.
         """
         assert ws.shape[1:] == (self.num_ws, self.w_dim), (ws.shape, self.num_ws, self.w_dim)
         ws = ws.to(torch.float32).unbind(dim=1)          # ws[0] drives the input, ws[i] layer i-1
-        x = self.input(ws[0])
+        x = self.input(ws[0], transform)
         for name, w in zip(self.layer_names, ws[1:]):
             x = getattr(self, name)(x, w, **layer_kwargs)
         if self.output_scale != 1:

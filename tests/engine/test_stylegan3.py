@@ -166,6 +166,16 @@ def test_batch_samples_are_independent(ws):
     assert torch.allclose(together[1:2], alone, atol=1e-5)
 
 
+def test_a_transform_per_sample_equals_the_buffer_set_for_each(ws):
+    G = tiny("t")
+    moves = [(0.0, (0.0, 0.0)), (30.0, (0.1, -0.05)), (-75.0, (0.0, 0.2))]
+    with torch.no_grad():
+        batch = G.synthesis(ws, transform=torch.from_numpy(np.stack([input_transform(r, t) for r, t in moves])))
+    for i, (rotate, translate) in enumerate(moves):
+        assert torch.allclose(batch[i:i + 1], render(G, ws[i:i + 1], rotate, translate), atol=1e-5)
+    assert torch.equal(G.synthesis.input.transform, torch.eye(3))      # the buffer is left alone
+
+
 def test_noise_mode_is_accepted_and_ignored(ws):
     G = tiny("t")
     with torch.no_grad():
