@@ -31,7 +31,6 @@ number (rewritten after each cell, so a run cut short keeps what it measured).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import functools
 import json
@@ -42,7 +41,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
@@ -82,20 +81,6 @@ def _time_once_ms(fn: Callable[[], Any], device: torch.device) -> float:
     start_s = time.perf_counter()
     fn()
     return (time.perf_counter() - start_s) * 1e3
-
-
-@contextlib.contextmanager
-def reference_ops() -> Iterator[None]:
-    """Every cuda_ops op on its plain-PyTorch reference while inside (the networks look the ops up on the
-    module at each call, and the composites go through the module's upfirdn2d)."""
-    saved = {name: getattr(cuda_ops, name) for name in cuda_ops.OPS}
-    for name, fn in saved.items():
-        setattr(cuda_ops, name, functools.partial(fn, impl="ref"))
-    try:
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(cuda_ops, name, fn)
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -220,7 +205,7 @@ def _variant_fn(G: torch.nn.Module, variant: str, batch: int, device: torch.devi
         synth = Synthesizer(G, family, RenderOptions(path="reference"))
 
         def run(ws: torch.Tensor) -> torch.Tensor:
-            with reference_ops():
+            with cuda_ops.reference_only():
                 return synth(ws, "const")
 
         return run, synth.plan(batch).describe() + ", reference ops"

@@ -8,20 +8,21 @@ built for the tensor's device (`cuda_ops.build`), passed its first-use self-test
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import math
 import threading
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Iterator, Literal
 
 import torch
 
 from . import build, reference, selftest
 from .reference.upfirdn2d import IntPair, setup_filter
 
-__all__ = ["bias_act", "conv2d_resample", "downsample2d", "filter2d", "filtered_lrelu", "setup_filter",
-           "status", "upfirdn2d", "upsample2d"]
+__all__ = ["bias_act", "conv2d_resample", "downsample2d", "filter2d", "filtered_lrelu", "reference_only",
+           "setup_filter", "status", "upfirdn2d", "upsample2d"]
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +79,26 @@ def _choose(op: str, device: torch.device) -> _Choice | None:
     return _Choice(kernel, f"kernel ({'C++ CPU' if device.type == 'cpu' else 'CUDA'}, self-test passed on {where})")
 
 
+_reference_only = threading.local()
+
+
+@contextlib.contextmanager
+def reference_only() -> Iterator[None]:
+    """Inside (on this thread), every op runs its plain-PyTorch reference, as if called with impl="ref"."""
+    before = getattr(_reference_only, "on", False)
+    _reference_only.on = True
+    try:
+        yield
+    finally:
+        _reference_only.on = before
+
+
 def _kernel(op: str, impl: str, device: torch.device) -> Callable | None:
     """The compiled op to run for `impl` on `device`, or None for the reference."""
-    if impl == "ref":
-        return None
-    if impl != "auto":
+    if impl not in ("auto", "ref"):
         raise ValueError(f"impl must be 'auto' or 'ref', got {impl!r}")
+    if impl == "ref" or getattr(_reference_only, "on", False):
+        return None
     key = (op, _device_key(device))
     choice = _choices.get(key)
     if choice is None:

@@ -209,3 +209,14 @@ def test_a_second_process_loads_the_cached_build_without_compiling(k, tmp_path):
                           cwd=Path(__file__).resolve().parents[2])
     assert "RESULT None" in proc.stdout, proc.stderr
     assert "building" not in proc.stderr, proc.stderr
+
+
+def test_reference_only_runs_the_reference_inside_and_the_kernel_again_after(k):
+    cpu = torch.device("cpu")
+    assert cuda_ops._kernel("upfirdn2d", "auto", cpu) is not None          # the CPU kernel is chosen
+    with cuda_ops.reference_only():
+        for op in cuda_ops.OPS:
+            assert cuda_ops._kernel(op, "auto", cpu) is None
+    assert cuda_ops._kernel("upfirdn2d", "auto", cpu) is not None
+    with pytest.raises(ValueError, match="impl must be"):
+        cuda_ops.bias_act(torch.zeros(2), impl="fast")
