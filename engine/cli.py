@@ -9,6 +9,7 @@ Exit status: 0 done, 1 an error the message explains, 2 bad usage, 130 stopped.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -785,6 +786,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _drop_interrupted_frames(exc: BaseException) -> None:
+    """Free what the interrupted frames held, with 'Exception ignored' reports silenced meanwhile.
+
+    Ctrl+C can land inside a library's constructor (imageio's PNG writer, say); the half-built object's
+    finalizer then fails when the traceback goes, and Python prints that as a traceback after our
+    'stopped'. It is noise about an object we are abandoning anyway, so it is not shown.
+    """
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda _unraisable: None
+    try:
+        exc.__traceback__ = None
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status (0, 1 error, 2 usage, 130 stopped)."""
     parser = build_parser()
@@ -796,7 +813,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
     try:
         return args.func(args)
-    except (Cancelled, KeyboardInterrupt):
+    except (Cancelled, KeyboardInterrupt) as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            _drop_interrupted_frames(exc)
         print("stopped", file=sys.stderr)
         return 130
     except StyleDeckError as exc:

@@ -286,3 +286,26 @@ def test_default_network_comes_from_models(tmp_path, nets, monkeypatch):
 def test_bad_seeds_are_a_usage_error(tmp_path):
     err = failed(run("generate", "--seeds", "3-1", cwd=tmp_path), code=2)
     assert "backwards" in err
+
+
+def test_an_interrupt_inside_a_constructor_leaves_no_finalizer_report(monkeypatch, capsys):
+    """Ctrl+C inside a library's __init__ (seen in imageio's PNG writer) must not print a traceback."""
+    import engine.cli as cli
+
+    class HalfBuilt:
+        def __init__(self):
+            raise KeyboardInterrupt            # interrupted before the attribute below exists
+            self.pending = []                  # never reached, as in the real case
+
+        def __del__(self):
+            len(self.pending)                  # AttributeError when finalised
+
+    def interrupted_command(args):
+        HalfBuilt()
+
+    reports = []
+    monkeypatch.setattr(sys, "unraisablehook", reports.append)
+    monkeypatch.setattr(cli, "cmd_info", interrupted_command)
+    assert cli.main(["info"]) == 130
+    assert reports == [] and sys.unraisablehook == reports.append      # silenced, then restored
+    assert capsys.readouterr().err == "stopped\n"
