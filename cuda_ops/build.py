@@ -12,14 +12,21 @@ it is apart from STYLEDECK_CACHE (downloads and datasets), so moving that never 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import platform
 import sys
 import threading
+import time
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; a lock file older than STALE_LOCK_S counts as left behind
+    fcntl = None  # type: ignore[assignment]
 
 import torch
 
@@ -32,6 +39,7 @@ _BUILD_RECIPE = "1"
 _CFLAGS = ["-O3", "-fopenmp", "-march=native"]  # the C++ standard is torch's choice (C++20 for 2.14)
 _CUDA_CFLAGS = ["-O3", "--use_fast_math"]
 
+STALE_LOCK_S = 1800.0  # without flock: longer than any build of these kernels
 _lock = threading.RLock()  # re-entered: "cuda" loads "cpu" first
 _results: dict[str, str | None] = {}  # kind -> None (loaded) or the reason it is not
 
@@ -115,18 +123,48 @@ def _build_and_load(kind: Kind) -> None:
         except OSError:  # half-written by a build still running elsewhere: cpp_extension waits on its lock
             pass
     build_dir.mkdir(parents=True, exist_ok=True)
-    log.warning("building StyleDeck %s kernels (first use, ~1 min; cached in %s)…", kind, build_dir)
-    try:
-        cpp_extension.load(
-            name=name, sources=[str(s) for s in srcs], build_directory=str(build_dir),
-            extra_cflags=_CFLAGS, extra_cuda_cflags=_CUDA_CFLAGS, extra_ldflags=["-fopenmp"] if kind == "cpu" else [],
-            extra_include_paths=[str(CSRC)], is_python_module=False, verbose=False)
-    except BaseException as exc:
-        # Keep the compiler's full output beside the build for whoever reads the one-line reason.
-        details = build_dir / "last_error.txt"
-        details.write_text(str(exc))
-        exc._styledeck_log = details  # type: ignore[attr-defined]
-        raise
+    with _build_lock(build_dir):
+        if built.is_file():  # another process finished the build while this one waited for the lock
+            try:
+                torch.ops.load_library(str(built))
+                return
+            except OSError:
+                pass
+        log.warning("building StyleDeck %s kernels (first use, ~1 min; cached in %s)…", kind, build_dir)
+        try:
+            cpp_extension.load(
+                name=name, sources=[str(s) for s in srcs], build_directory=str(build_dir),
+                extra_cflags=_CFLAGS, extra_cuda_cflags=_CUDA_CFLAGS,
+                extra_ldflags=["-fopenmp"] if kind == "cpu" else [],
+                extra_include_paths=[str(CSRC)], is_python_module=False, verbose=False)
+        except BaseException as exc:
+            # Keep the compiler's full output beside the build for whoever reads the one-line reason.
+            details = build_dir / "last_error.txt"
+            details.write_text(str(exc))
+            exc._styledeck_log = details  # type: ignore[attr-defined]
+            raise
+
+
+@contextlib.contextmanager
+def _build_lock(build_dir: Path) -> Iterator[None]:
+    """One builder per folder, across processes, through a lock the OS drops when its holder dies.
+
+    Before torch 2.14, cpp_extension's own lock is a plain file that a killed build (Ctrl+C, a closed
+    terminal) leaves behind, and every later build then waits on it forever. Holding this lock proves that no other
+    StyleDeck process is building here, so a file of cpp_extension's found meanwhile is stale.
+    """
+    with open(build_dir / "styledeck.lock", "a+") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        stale = build_dir / "lock"
+        if stale.exists() and (fcntl is not None or time.time() - stale.stat().st_mtime > STALE_LOCK_S):
+            log.info("removing a stale build lock left by an interrupted build: %s", stale)
+            stale.unlink(missing_ok=True)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def load_kernels(kind: Kind) -> str | None:
