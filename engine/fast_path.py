@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Literal
 
 import torch
@@ -257,10 +257,19 @@ class Synthesizer:
         return make_plan(self.options, self.device.type, self._half_layers, batch,
                          compile_ok=self._compile_failure is None)
 
-    def __call__(self, ws: torch.Tensor, noise_mode: str = "const", stop: int | None = None) -> torch.Tensor:
-        """Float32 images [N, C, H, W] of ws; `stop` runs a StyleGAN2 'skip' preview up to that block."""
+    def __call__(self, ws: torch.Tensor, noise_mode: str = "const", stop: int | None = None,
+                 transform: torch.Tensor | None = None) -> torch.Tensor:
+        """Float32 images [N, C, H, W] of ws; `stop` runs a StyleGAN2 'skip' preview up to that block;
+        `transform` [N, 3, 3] gives each StyleGAN3 sample its own input transform (video frames)."""
         plan = self.plan(ws.shape[0])
+        if transform is not None:
+            if stop is not None or self.family != "stylegan3":
+                raise StyleDeckError("Per-sample input transforms need a full StyleGAN3 synthesis.")
+            # a captured graph would replay the first call's transforms: per-frame ones run eager
+            plan = replace(plan, graph=False)
         kwargs = dict(plan.synthesis_kwargs(self.family), noise_mode=noise_mode)
+        if transform is not None:
+            kwargs["transform"] = transform
 
         def synthesize(w: torch.Tensor) -> torch.Tensor:
             if stop is not None:

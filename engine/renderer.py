@@ -151,6 +151,12 @@ class Renderer:
         return RenderResult(image=image, ws=ws_np, render_ms=(time.perf_counter() - start) * 1000.0,
                             preview=stop is not None, path=self._synth.status)
 
+    def synthesize(self, ws: torch.Tensor, noise_mode: str = "const",
+                   transform: torch.Tensor | None = None) -> torch.Tensor:
+        """Float32 images [N, C, H, W] of ws [N, num_ws, w_dim] on this renderer's path (video batches);
+        `transform` [N, 3, 3]: a StyleGAN3 input transform per sample."""
+        return self._synth(ws, noise_mode, transform=transform)
+
     def render_grid(self, rows: Sequence[Source | int], cols: Sequence[Source | int], layers: Sequence[int],
                     psi: float = 1.0, cutoff: int | None = None, noise_mode: str = "const", *,
                     transform: tuple[float, float, float] | None = None) -> RenderResult:

@@ -284,12 +284,12 @@ def _check_motion(renderer: Renderer, spec: AnimationSpec) -> None:
 
 
 def _synthesis(renderer: Renderer, ws: torch.Tensor, transforms: np.ndarray | None, noise_mode: str) -> torch.Tensor:
-    """img [B, C, H, W] for ws [B, num_ws, w_dim]; StyleGAN3 with `transforms` [B, 3] gets one each."""
-    synthesis = renderer.G.synthesis
+    """img [B, C, H, W] for ws [B, num_ws, w_dim] on the renderer's path (on CUDA: half precision, CUDA
+    graphs); StyleGAN3 with `transforms` [B, 3] gets one each."""
     if transforms is None:
-        return synthesis(ws, noise_mode=noise_mode)
+        return renderer.synthesize(ws, noise_mode)
     per_frame = np.stack([input_transform(float(rotate), (float(tx), float(ty))) for rotate, tx, ty in transforms])
-    return synthesis(ws, transform=torch.from_numpy(per_frame).to(ws.device), noise_mode=noise_mode)
+    return renderer.synthesize(ws, noise_mode, transform=torch.from_numpy(per_frame).to(ws.device))
 
 
 def render_frames(renderer: Renderer, spec: AnimationSpec, *, batch: int = DEFAULT_BATCH,

@@ -331,3 +331,18 @@ def test_a_grid_tiles_its_cells_row_by_row(sg2):
         r, c = divmod(i, 3)
         cell = frame[16 * r:16 * r + 16, 16 * c:16 * c + 16]
         np.testing.assert_array_equal(cell, sg2.render(_state(sg2, seed)).image)
+
+
+
+def test_per_sample_transforms_need_stylegan3(sg2, sg3):
+    """Renderer.synthesize, which video batches go through: one transform per sample, StyleGAN3 only."""
+    import torch
+    from engine.networks.stylegan3 import input_transform
+    ws = torch.stack([sg3.cache.ws(s) for s in (1, 2)])                       # [2, num_ws, w_dim]
+    turns = torch.from_numpy(np.stack([input_transform(0.0), input_transform(90.0)]))
+    images = sg3.synthesize(ws, transform=turns)
+    assert images.shape[0] == 2 and images.dtype == torch.float32
+    expected = sg3.synthesize(ws[1:], transform=turns[1:])
+    torch.testing.assert_close(images[1:], expected, rtol=0, atol=1e-5)      # sample 1 got its own turn
+    with pytest.raises(engine.StyleDeckError, match="StyleGAN3"):
+        sg2.synthesize(torch.stack([sg2.cache.ws(1)]), transform=turns[:1])
