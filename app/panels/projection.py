@@ -100,6 +100,11 @@ def projection_job(holder: dict[str, Any], network: str, photo: str, fit: str, o
     return {"result": result, "target": target, "tuned": tuned, "note": photo_ready.note}
 
 
+def target_job(photo: str, side: int, fit: str, *, progress: Any = None, cancel: Any = None) -> Any:
+    """Job: the FFHQ-aligned target preview (engine.PreparedPhoto); the landmark model loads on first use."""
+    return engine.prepare_photo(photo, side, fit=fit, align=True)
+
+
 class ProjectionPanel(QWidget):
     """Project a photo into W / W+ of the editor's network; live previews, loss plot and progress.
 
@@ -108,12 +113,14 @@ class ProjectionPanel(QWidget):
     status bar). Attributes tests use: photo_edit, fit_combo, align_check, steps_spin, mode_combo,
     loss_combo, pti_check, pti_steps_spin, start_button, cancel_button, save_button, progress_bar,
     status_label, target_label, reconstruction_label, loss_curve, pti_curve, target_image,
-    reconstruction_image, result, tuned, runner, previews_seen.
+    reconstruction_image, result, tuned, runner, target_runner, previews_seen; `target_ready` fires when
+    the target preview is up to date (with face alignment that is a moment later, off the GUI thread).
     """
 
     projected = Signal(object)
     message = Signal(str)
     run_ended = Signal(str)          # "finished", "cancelled" or "failed"
+    target_ready = Signal()          # the target preview is up to date (or failed: see error_label)
 
     def __init__(self, parent: QWidget | None = None, *, device: str = "cpu",
                  editor_network: Callable[[], str | None] | None = None):
@@ -139,6 +146,9 @@ class ProjectionPanel(QWidget):
         self.runner.finished.connect(self._finished)
         self.runner.failed.connect(self._failed)
         self.runner.cancelled.connect(self._cancelled)
+        self.target_runner = JobRunner(parent=self)       # the aligned target preview
+        self.target_runner.finished.connect(self._show_target)
+        self.target_runner.failed.connect(self._target_failed)
 
         layout = QVBoxLayout(self)
         layout.addWidget(self._settings_group())
@@ -279,23 +289,37 @@ class ProjectionPanel(QWidget):
         self._refresh_target()
 
     def _refresh_target(self) -> None:
+        """Show the target as the run will see it; face alignment (landmark model, ~1 s) runs off the GUI thread."""
         show_error(self.error_label, "")
+        if self.target_runner.running:
+            self.target_runner.cancel()       # an older photo or setting: its result is dropped
         if self.photo_path is None:
             self.target_image = None
             self.target_label.setText("(target)")
             return
-        try:
-            side = self._editor_resolution or DEFAULT_PREVIEW_RESOLUTION
-            prepared = engine.prepare_photo(self.photo_path, side, fit=self._fit(), align=self.align_check.isChecked())
-            self.target_image = prepared.image
-            if prepared.note:
-                self.status_label.setText(prepared.note)
-        except engine.StyleDeckError as exc:
-            self.target_image = None
-            self.target_label.setText("(target)")
-            show_error(self.error_label, str(exc))
+        side = self._editor_resolution or DEFAULT_PREVIEW_RESOLUTION
+        if self.align_check.isChecked():
+            self.target_label.setText("(finding the face...)")
+            self.status_label.setText("Finding the face...")
+            self.target_runner.start(target_job, self.photo_path, side, self._fit())
             return
+        try:
+            self._show_target(engine.prepare_photo(self.photo_path, side, fit=self._fit()))
+        except engine.StyleDeckError as exc:
+            self._target_failed(str(exc))
+
+    def _show_target(self, prepared: Any) -> None:
+        self.target_image = prepared.image
+        if prepared.note or self.status_label.text() == "Finding the face...":
+            self.status_label.setText(prepared.note or "Face aligned.")
         self.target_label.setPixmap(_pixmap(self.target_image))
+        self.target_ready.emit()
+
+    def _target_failed(self, message: str) -> None:
+        self.target_image = None
+        self.target_label.setText("(target)")
+        show_error(self.error_label, message)
+        self.target_ready.emit()
 
     def _fit(self) -> str:
         return str(self.fit_combo.currentData())
@@ -375,6 +399,9 @@ class ProjectionPanel(QWidget):
 
     def shutdown(self) -> bool:
         """The window is closing: stop a run and wait for its thread; True when one was running."""
+        if self.target_runner.running:
+            self.target_runner.cancel()
+            self.target_runner.wait()
         if not self.runner.running:
             return False
         self.runner.cancel()

@@ -122,8 +122,12 @@ def test_pivotal_tuning_and_face_alignment_run_in_the_same_job(qtbot, window, ph
     panel = window.projection_panel
     window.show_panel("projection")
     _set_up(panel, photo, 10)
-    panel.align_check.setChecked(True)            # a 16 px render holds no face: the user's crop, with a note
+    with qtbot.waitSignal(panel.target_ready, timeout=RUN_TIMEOUT_MS):
+        panel.align_check.setChecked(True)        # the landmark search runs off the GUI thread
+        assert panel.status_label.text() == "Finding the face..."
+    # a 16 px render holds no face: the user's crop, with a note
     assert "Face alignment skipped" in panel.status_label.text()
+    assert panel.target_image is not None and panel.target_image.shape == (16, 16, 3)
     assert not panel.pti_steps_spin.isEnabled()
     panel.pti_check.setChecked(True)
     assert panel.pti_steps_spin.isEnabled()
@@ -207,3 +211,20 @@ def test_dropping_an_image_file_sets_the_photo(window, photo):
     refused = QDragEnterEvent(panel.rect().center(), Qt.CopyAction, other, Qt.LeftButton, Qt.NoModifier)
     panel.dragEnterEvent(refused)
     assert not refused.isAccepted()
+
+
+def test_face_alignment_of_a_real_photo_runs_off_the_gui_thread(qtbot, window, tmp_path):
+    from skimage import data
+    panel = window.projection_panel
+    portrait = engine.save_png(tmp_path / "astronaut.png", data.astronaut())
+    panel.set_photo(portrait)
+    plain = panel.target_image.copy()                         # the centre crop, shown at once
+    with qtbot.waitSignal(panel.target_ready, timeout=RUN_TIMEOUT_MS):
+        panel.align_check.setChecked(True)
+        assert panel.target_runner.running                    # the GUI thread is free meanwhile
+    assert panel.status_label.text() == "Face aligned."
+    assert panel.target_image.shape == plain.shape == (16, 16, 3)
+    assert not np.array_equal(panel.target_image, plain)      # the FFHQ crop is tighter than the centre crop
+    with qtbot.waitSignal(panel.target_ready, timeout=RUN_TIMEOUT_MS):
+        panel.align_check.setChecked(False)                   # back to the plain crop, synchronously
+    np.testing.assert_array_equal(panel.target_image, plain)
