@@ -22,6 +22,14 @@ PROGRESS_INTERVAL_S = 0.05  # ~20 Hz: more would flood the GUI thread's event qu
 _LIVE: set[QThread] = set()
 
 
+def _forget(thread: QThread) -> None:
+    """Drop our reference once `thread` has fully ended (its `finished` arrives queued, while the thread
+    may still be winding down: destroying a QThread then makes its destructor wait for it with the
+    GIL held, which deadlocks if the thread's last steps need the GIL). wait() releases the GIL."""
+    thread.wait()
+    _LIVE.discard(thread)
+
+
 class _JobThread(QThread):
     """Calls the job; its signals are emitted from the job thread and arrive queued on the GUI."""
 
@@ -100,7 +108,7 @@ class JobRunner(QObject):
         thread.succeeded.connect(self._succeeded)
         thread.failed.connect(self._failed)
         thread.cancelled.connect(self._cancelled)
-        thread.finished.connect(lambda t=thread: _LIVE.discard(t))
+        thread.finished.connect(lambda t=thread: _forget(t))
         _LIVE.add(thread)
         self._thread = thread
         self._running = True
