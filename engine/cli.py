@@ -58,6 +58,37 @@ def _translate_oom():
     return translate_oom("running the network", "Close other programs that use the GPU, or try --device cpu.")
 
 
+# Set by Ctrl+C. Python raises KeyboardInterrupt wherever the main thread happens to be, and when that
+# is a finalizer (a library object's __del__ during garbage collection) Python reports it as "Exception
+# ignored" and carries on; the flag makes the next progress step raise it again.
+_interrupted = threading.Event()
+
+
+def _on_sigint(_signum: int, _frame: Any) -> None:
+    _interrupted.set()
+    raise KeyboardInterrupt
+
+
+def check_interrupted() -> None:
+    """Raise KeyboardInterrupt if Ctrl+C came since the command started (even if a finalizer swallowed it)."""
+    if _interrupted.is_set():
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def _sigint_flag() -> Iterator[None]:
+    """Route Ctrl+C through `_on_sigint` while a command runs (main thread only; an ignored SIGINT stays so)."""
+    _interrupted.clear()
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @contextmanager
 def progress_bar(total: int, desc: str, unit: str = "img") -> Iterator[Callable[[Progress | int], None]]:
     """A tqdm bar on stderr that appears only once the work takes over a second.
@@ -66,6 +97,7 @@ def progress_bar(total: int, desc: str, unit: str = "img") -> Iterator[Callable[
     """
     with tqdm(total=total, desc=desc, unit=unit, delay=1.0, file=sys.stderr, dynamic_ncols=True) as bar:
         def update(event: Progress | int = 1) -> None:
+            check_interrupted()
             if isinstance(event, Progress):
                 bar.total = event.total
                 bar.set_postfix_str(event.message, refresh=False)
@@ -812,7 +844,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
     try:
-        return args.func(args)
+        with _sigint_flag():
+            return args.func(args)
     except (Cancelled, KeyboardInterrupt) as exc:
         if isinstance(exc, KeyboardInterrupt):
             _drop_interrupted_frames(exc)
