@@ -66,6 +66,8 @@ def run_app(argv: Sequence[str]) -> int:
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("StyleDeck")
     app.setOrganizationName("StyleDeck")
+    from app.main_thread_gc import install as collect_garbage_on_the_gui_thread
+    collect_garbage_on_the_gui_thread()    # job threads must never run Qt destructors (see the module)
     network, problem = args.network, None
     if network is None:
         try:

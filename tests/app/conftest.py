@@ -1,6 +1,7 @@
 """App fixtures: tiny StyleGAN2/3 networks on disk, isolated QSettings, and a loaded MainWindow."""
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,23 @@ def sg3_path(tmp_path_factory) -> Path:
                                       channel_base=256, channel_max=16, num_layers=4, num_critical=1,
                                       magnitude_ema_beta=0.999, mapping_kwargs=dict(num_layers=2)), 3)
     return engine.save_checkpoint(tmp_path_factory.mktemp("nets3") / "tiny_sg3.safetensors", {"G_ema": G})
+
+
+@pytest.fixture(scope="package", autouse=True)
+def garbage_collected_on_the_gui_thread(qapp):
+    """As in the app (app/main_thread_gc.py): no job thread may collect a window's Qt objects."""
+    from app.main_thread_gc import install
+    collector = install()
+    yield collector
+    collector.stop()
+    collector.deleteLater()
+
+
+@pytest.fixture(autouse=True)
+def collect_between_tests():
+    """An ended test's windows go now, on this thread, before the next test's jobs start."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(autouse=True)
