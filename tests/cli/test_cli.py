@@ -123,11 +123,18 @@ def test_generate_conditional_needs_and_uses_the_class(tmp_path, nets):
     assert np.array_equal(read(tmp_path / "seed0001.png"), expected)
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    # A shell starts background jobs (`cmd &`) with SIGINT ignored, children inherit that, and a program
+    # rightly keeps ignoring it; the command under test must see Ctrl+C as it would in a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_interrupt_stops_with_130_and_no_traceback(tmp_path, nets):
     env = {**os.environ, "STYLEDECK_MODELS": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "generate", "--network", str(nets["sg2"]),
                              "--seeds", "0-100000", "--outdir", "many"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ctrl_c_as_in_a_terminal)
     deadline = time.monotonic() + 120
     while not (tmp_path / "many" / "seed0002.png").exists():   # well into the loop
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -145,6 +152,7 @@ def test_ctrl_c_swallowed_by_a_finalizer_still_stops_at_the_next_step(monkeypatc
     from engine import cli
     swallowed = []
     monkeypatch.setattr(sys, "unraisablehook", lambda u: swallowed.append(u.exc_type))
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)   # as in a terminal (see above)
 
     class Finalized:
         def __del__(self):
@@ -158,7 +166,19 @@ def test_ctrl_c_swallowed_by_a_finalizer_still_stops_at_the_next_step(monkeypatc
             assert swallowed == [KeyboardInterrupt]
             with pytest.raises(KeyboardInterrupt):
                 advance()
-    assert signal.getsignal(signal.SIGINT) is not cli._on_sigint   # the previous handler is back
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # the previous handler is back
+    signal.signal(signal.SIGINT, outer)
+
+
+def test_an_ignored_ctrl_c_stays_ignored():
+    """Started in the background (`styledeck ... &`), a command is not Ctrl+C's to stop."""
+    from engine import cli
+    outer = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with cli._sigint_flag():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, outer)
 
 
 @pytest.fixture(scope="module")
