@@ -116,20 +116,12 @@ def _build_and_load(kind: Kind) -> None:
     name = f"styledeck_kernels_{kind}"
     build_dir = cache_root() / _fingerprint(kind)
     built = build_dir / f"{name}.so"
-    if built.is_file():  # built by an earlier process: no compiler or ninja needed
-        try:
-            torch.ops.load_library(str(built))
-            return
-        except OSError:  # half-written by a build still running elsewhere: cpp_extension waits on its lock
-            pass
+    if _load_built(built):  # built by an earlier process: no compiler or ninja needed
+        return
     build_dir.mkdir(parents=True, exist_ok=True)
     with _build_lock(build_dir):
-        if built.is_file():  # another process finished the build while this one waited for the lock
-            try:
-                torch.ops.load_library(str(built))
-                return
-            except OSError:
-                pass
+        if _load_built(built):  # another process finished the build while this one waited for the lock
+            return
         log.warning("building StyleDeck %s kernels (first use, ~1 min; cached in %s)…", kind, build_dir)
         try:
             cpp_extension.load(
@@ -145,13 +137,25 @@ def _build_and_load(kind: Kind) -> None:
             raise
 
 
+def _load_built(library: Path) -> bool:
+    """Load an already built library; False when there is none or it is half-written (a build running)."""
+    if not library.is_file():
+        return False
+    try:
+        torch.ops.load_library(str(library))
+        return True
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def _build_lock(build_dir: Path) -> Iterator[None]:
     """One builder per folder, across processes, through a lock the OS drops when its holder dies.
 
     Before torch 2.14, cpp_extension's own lock is a plain file that a killed build (Ctrl+C, a closed
-    terminal) leaves behind, and every later build then waits on it forever. Holding this lock proves that no other
-    StyleDeck process is building here, so a file of cpp_extension's found meanwhile is stale.
+    terminal) leaves behind, and every later build then waits on it forever. Holding this lock proves
+    that no other StyleDeck process is building here, so a file of cpp_extension's found meanwhile is
+    stale.
     """
     with open(build_dir / "styledeck.lock", "a+") as handle:
         if fcntl is not None:
