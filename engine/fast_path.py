@@ -262,14 +262,13 @@ class Synthesizer:
         """Float32 images [N, C, H, W] of ws; `stop` runs a StyleGAN2 'skip' preview up to that block;
         `transform` [N, 3, 3] gives each StyleGAN3 sample its own input transform (video frames)."""
         plan = self.plan(ws.shape[0])
+        kwargs = dict(plan.synthesis_kwargs(self.family), noise_mode=noise_mode)
         if transform is not None:
             if stop is not None or self.family != "stylegan3":
                 raise StyleDeckError("Per-sample input transforms need a full StyleGAN3 synthesis.")
+            kwargs["transform"] = transform
             # a captured graph would replay the first call's transforms: per-frame ones run eager
             plan = replace(plan, graph=False)
-        kwargs = dict(plan.synthesis_kwargs(self.family), noise_mode=noise_mode)
-        if transform is not None:
-            kwargs["transform"] = transform
 
         def synthesize(w: torch.Tensor) -> torch.Tensor:
             if stop is not None:
