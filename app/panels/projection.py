@@ -147,7 +147,7 @@ class ProjectionPanel(QWidget):
         self.runner.failed.connect(self._failed)
         self.runner.cancelled.connect(self._cancelled)
         self.target_runner = JobRunner(parent=self)       # the aligned target preview
-        self.target_runner.finished.connect(self._show_target)
+        self.target_runner.finished.connect(self._show_aligned_target)
         self.target_runner.failed.connect(self._target_failed)
 
         layout = QVBoxLayout(self)
@@ -310,10 +310,14 @@ class ProjectionPanel(QWidget):
 
     def _show_target(self, prepared: Any) -> None:
         self.target_image = prepared.image
-        if prepared.note or self.status_label.text() == "Finding the face...":
-            self.status_label.setText(prepared.note or "Face aligned.")
+        if prepared.note:
+            self.status_label.setText(prepared.note)
         self.target_label.setPixmap(_pixmap(self.target_image))
         self.target_ready.emit()
+
+    def _show_aligned_target(self, prepared: Any) -> None:
+        self.status_label.setText(prepared.note or "Face aligned.")   # replaces "Finding the face..."
+        self._show_target(prepared)
 
     def _target_failed(self, message: str) -> None:
         self.target_image = None
