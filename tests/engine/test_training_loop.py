@@ -23,7 +23,8 @@ from engine.images import save_png
 from engine.loader import load_network
 from engine.networks import discriminator, stylegan2, stylegan3
 from nvidia_pickle import write_nvidia_pickle
-from engine.training.loop import TrainOptions, ema_beta, scratch_networks, state_hash, train, update_ema
+from engine.training.loop import (TrainOptions, ema_beta, plain_convolutions_while_training, scratch_networks,
+                                  state_hash, train, update_ema)
 from engine.training.snapshot import find_snapshots, latest_snapshot, read_state, snapshot_paths
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,6 +126,22 @@ def test_scratch_networks_follow_nvidia_train_py():
     assert D.init_kwargs["channel_base"] == 512 and D.init_kwargs["epilogue_kwargs"]["mbstd_group_size"] == 2
     with pytest.raises(StyleDeckError, match="power of two"):
         scratch_networks("stylegan2", 48, 0, 3, opts, batch_gpu=8)
+
+
+def test_stylegan2_trains_with_plain_convolutions_and_renders_fused():
+    torch.manual_seed(0)
+    G = stylegan2.Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3, channel_base=128,
+                            channel_max=16, mapping_kwargs=dict(num_layers=1))
+    plain_convolutions_while_training(G)
+    ws = G.mapping(torch.randn([3, 8]), None)
+    G.train()
+    trained = G.synthesis(ws, noise_mode="const")
+    assert torch.equal(trained, G.synthesis(ws, noise_mode="const", fused_modconv=False))
+    fused = G.synthesis(ws, noise_mode="const", fused_modconv=True)
+    assert not torch.equal(trained, fused)                  # a different computation ...
+    torch.testing.assert_close(trained, fused, rtol=1e-4, atol=1e-5)   # ... of the same function
+    G.eval()
+    assert torch.equal(G.synthesis(ws, noise_mode="const"), fused)
 
 
 # ---------------------------------------------------------------------------------------------
