@@ -22,11 +22,16 @@ PROGRESS_INTERVAL_S = 0.05  # ~20 Hz: more would flood the GUI thread's event qu
 _LIVE: set[QThread] = set()
 
 
-def _forget(thread: QThread) -> None:
+def _forget(thread: _JobThread) -> None:
     """Drop our reference once `thread` has fully ended (its `finished` arrives queued, while the thread
     may still be winding down: destroying a QThread then makes its destructor wait for it with the
-    GIL held, which deadlocks if the thread's last steps need the GIL). wait() releases the GIL."""
+    GIL held, which deadlocks if the thread's last steps need the GIL). wait() releases the GIL.
+
+    The thread also lets go of its job's arguments (a network, a photo) and of this connection,
+    whose closure refers to the thread itself: a cycle through Qt that no collector can see."""
     thread.wait()
+    thread.release_job()
+    thread.finished.disconnect()
     _LIVE.discard(thread)
 
 
@@ -42,6 +47,10 @@ class _JobThread(QThread):
         super().__init__()
         self._job, self._args, self._kwargs, self._cancel = job, args, kwargs, cancel
         self._last_progress = 0.0
+
+    def release_job(self) -> None:
+        """Forget the job and its arguments (on the GUI thread, once the thread has ended)."""
+        self._job, self._args, self._kwargs = None, (), {}
 
     def _progress(self, event: Progress) -> None:
         now = time.monotonic()
@@ -98,12 +107,12 @@ class JobRunner(QObject):
         job may still be winding down: its outcome is then ignored)."""
         if self._running and not self._cancel.cancelled:
             raise RuntimeError("JobRunner is already running a job; cancel() it first")
-        if job is not None:
-            self._job, self._args, self._kwargs = job, args, kwargs
-        if self._job is None:
+        if job is None:  # the constructor's job; a job given here is not kept after it ends
+            job, args, kwargs = self._job, self._args, self._kwargs
+        if job is None:
             raise ValueError("JobRunner.start needs a job")
         self._cancel = CancelToken()
-        thread = _JobThread(self._job, self._args, self._kwargs, self._cancel)
+        thread = _JobThread(job, args, kwargs, self._cancel)
         thread.progressed.connect(self._progressed)
         thread.succeeded.connect(self._succeeded)
         thread.failed.connect(self._failed)

@@ -1,12 +1,15 @@
 """Latest-wins rendering and the job runner: the mailbox, the worker thread, the controller."""
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 
 import numpy as np
 import pytest
 
 import engine
+from app import job_runner
 from app.job_runner import JobRunner
 from app.rendering import Mailbox
 from app_helpers import SHOW_TIMEOUT_MS, direct_renderer
@@ -160,3 +163,22 @@ def test_job_runner_reports_errors_and_cancel(qtbot, tmp_path):
         started.wait(10)
         runner.cancel()
         release.set()
+
+
+def test_job_runner_lets_go_of_ended_jobs_and_their_arguments(qtbot):
+    class Payload:                            # stands in for a network or an image a job was given
+        pass
+
+    runner = JobRunner()
+    payloads = [Payload() for _ in range(3)]
+    gone = [weakref.ref(p) for p in payloads]
+    for payload in payloads:
+        with qtbot.waitSignal(runner.finished, timeout=T):
+            runner.start(lambda payload, *, progress=None, cancel=None: id(payload), payload)
+    del payloads, payload
+    qtbot.waitUntil(lambda: not job_runner._LIVE, timeout=T)   # every thread has ended and been let go
+    gc.collect()
+    assert [ref() is None for ref in gone] == [True, True, True]
+    with qtbot.waitSignal(runner.finished, timeout=T) as blocker:
+        runner.start(_counting_job, 3)        # and the runner still works after
+    assert blocker.args == [6]
