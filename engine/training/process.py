@@ -46,6 +46,7 @@ __all__ = ["Failed", "FinetuneEvent", "FinetuneProcess", "Finished", "Progressed
            "Stopped", "start_finetune"]
 
 PROGRESS_INTERVAL_S = 0.1       # at most ~10 Progressed events per second
+BACKGROUND_NICE = 10            # the worker's CPU priority below the app's (POSIX nice increment)
 _SNAPSHOT_NAME = re.compile(r"^network-snapshot-(\d{9,})\.safetensors$")  # engine/training/snapshot.py's names
 _GRID_WAIT_S = 2.0              # how long a new snapshot waits for its sample grid before it is reported
 
@@ -199,9 +200,20 @@ def _checked(event: FinetuneEvent) -> FinetuneEvent:
     return event
 
 
+def _yield_cpu_to_the_app() -> None:
+    """Run the worker at a lower CPU priority, so that the window's renders win the cores while it
+    trains (on CPU both use every core; with equal priority each render waited on training's threads)."""
+    if hasattr(os, "nice"):       # POSIX; elsewhere the worker keeps the app's priority
+        try:
+            os.nice(BACKGROUND_NICE)
+        except OSError:           # not permitted: train at the same priority rather than not at all
+            pass
+
+
 def _run(target: TrainFunction | None, opts: Any, events: Any, stop: Any, pause: Any) -> None:
     """The child: every outcome of train() becomes one last event on `events`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in a terminal is the parent's to handle
+    _yield_cpu_to_the_app()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     threading.Thread(target=_watch_parent, args=(stop,), name="finetune-parent-watch", daemon=True).start()
     reporter = _Reporter(events, getattr(opts, "outdir", None))

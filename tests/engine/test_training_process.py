@@ -15,7 +15,7 @@ import pytest
 
 from engine.errors import StyleDeckError
 from engine.jobs import Progress, atomic_write
-from engine.training.process import (Failed, FinetuneProcess, Finished, Progressed, SnapshotWritten, Started,
+from engine.training.process import (BACKGROUND_NICE, Failed, FinetuneProcess, Finished, Progressed, SnapshotWritten, Started,
                                      Stopped, start_finetune)
 
 
@@ -65,6 +65,10 @@ def fake_train(opts: FakeOptions, *, progress=None, cancel=None, pause=None):
     if opts.fail == "unpicklable":
         return lambda: None
     return FakeResult(opts.steps)
+
+
+def priority_train(opts: FakeOptions, *, progress=None, cancel=None, pause=None) -> int:
+    return os.nice(0) if hasattr(os, "nice") else 0        # the child's niceness
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,3 +321,10 @@ def test_the_real_train_stops_with_an_intact_snapshot(tmp_path):
     assert latest_snapshot(opts.outdir).network == last.snapshot   # complete: network and state agree
     assert load_network(last.snapshot)["D"] is not None
     assert not [p.name for p in Path(opts.outdir).iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.skipif(not hasattr(os, "nice"), reason="CPU priority through nice is POSIX only")
+def test_the_worker_trains_at_a_lower_cpu_priority_than_the_app(started, tmp_path):
+    events = collect(started(FakeOptions(str(tmp_path)), target=priority_train))
+    assert isinstance(events[-1], Finished)
+    assert events[-1].result == min(19, os.nice(0) + BACKGROUND_NICE)   # the window's renders come first
