@@ -1,7 +1,8 @@
 """Ship a starter model: the last snapshot of a run, halved, with the facts of its training.
 
     python models/training/ship_starter.py --run RUN_DIR --log RUN.log --command "python main.py finetune ..." \
-        --dataset toyfaces --variant upright --count 10000 --name toyfaces-sg2-64
+        --dataset-command "python main.py make-dataset toyfaces ..." --dataset toyfaces --variant upright \
+        --count 10000 --name toyfaces-sg2-64 [--history RUN-COMMANDS.txt]
 
 writes models/NAME.safetensors (G_ema and D, float16 storage, metadata: dataset, kimg, training time,
 machine, settings, command) and models/training/NAME.log (the command and one line per tick), and
@@ -72,6 +73,8 @@ def main() -> int:
     p.add_argument("--count", type=int, default=10000)
     p.add_argument("--name", required=True, help="file name in models/, without suffix")
     p.add_argument("--machine", help="describe the machine (default: this one)")
+    p.add_argument("--history", type=Path,
+                   help="a text file of the run's starts and resumes (when, from which kimg), kept in the log")
     args = p.parse_args()
 
     sys.path.insert(0, str(ROOT))
@@ -101,9 +104,11 @@ def main() -> int:
                         "--output", str(out), "--keep", "G_ema,D", "--half", "--training-info", str(info_path)],
                        check=True)
     log_out = ROOT / "models" / "training" / f"{args.name}.log"
+    history = ("".join(f"# history: {line}\n" for line in args.history.read_text().splitlines() if line.strip())
+               if args.history else "")
     log_out.write_text(f"# dataset: {args.dataset_command}\n# training: {args.command}\n"
                        f"# machine: {info['machine']}\n# snapshot shipped: {snap.network.name}\n"
-                       + "\n".join(ticks) + "\n")
+                       + history + "\n".join(ticks) + "\n")
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) and {log_out}")
     print(json.dumps({"file": out.name, "family": meta["networks"]["G_ema"]["family"],
                       "resolution": resolution, "kimg": recorded.get("kimg")}, indent=2))
