@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import engine
-from app import job_runner
 from app.job_runner import JobRunner
 from app.rendering import Mailbox
 from app_helpers import SHOW_TIMEOUT_MS, direct_renderer
@@ -176,9 +175,12 @@ def test_job_runner_lets_go_of_ended_jobs_and_their_arguments(qtbot):
         with qtbot.waitSignal(runner.finished, timeout=T):
             runner.start(lambda payload, *, progress=None, cancel=None: id(payload), payload)
     del payloads, payload
-    qtbot.waitUntil(lambda: not job_runner._LIVE, timeout=T)   # every thread has ended and been let go
-    gc.collect()
-    assert [ref() is None for ref in gone] == [True, True, True]
+
+    def all_freed() -> bool:                  # each thread is let go once it has fully ended
+        gc.collect()
+        return all(ref() is None for ref in gone)
+
+    qtbot.waitUntil(all_freed, timeout=T)
     with qtbot.waitSignal(runner.finished, timeout=T) as blocker:
         runner.start(_counting_job, 3)        # and the runner still works after
     assert blocker.args == [6]
