@@ -15,8 +15,8 @@ import pytest
 
 from engine.errors import StyleDeckError
 from engine.jobs import Progress, atomic_write
-from engine.training.process import (BACKGROUND_NICE, Failed, FinetuneProcess, Finished, Progressed, SnapshotWritten, Started,
-                                     Stopped, start_finetune)
+from engine.training.process import (BACKGROUND_NICE, Failed, FinetuneProcess, Finished, Progressed,
+                                     SnapshotWritten, Started, Stopped, start_finetune)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,7 +68,7 @@ def fake_train(opts: FakeOptions, *, progress=None, cancel=None, pause=None):
 
 
 def priority_train(opts: FakeOptions, *, progress=None, cancel=None, pause=None) -> int:
-    return os.nice(0) if hasattr(os, "nice") else 0        # the child's niceness
+    return os.nice(0)                                       # the child's niceness (POSIX; the test skips elsewhere)
 
 
 # ---------------------------------------------------------------------------------------------
