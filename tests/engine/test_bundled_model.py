@@ -1,6 +1,7 @@
 """The network shipped in models/ as the default: it opens, says how it was made, and renders fast on CPU."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -19,29 +20,51 @@ def default_path():
     return engine.default_network()
 
 
-STARTER_SHIPPED = "placeholder" not in json.loads((ROOT / "models" / "registry.json").read_text())["default"]
+REGISTRY = json.loads((ROOT / "models" / "registry.json").read_text())
+SHIPPED = REGISTRY["models"]
+SHIPPED_SG3 = [entry for entry in SHIPPED if entry["family"].startswith("stylegan3")]
 
 
-@pytest.mark.skipif(not STARTER_SHIPPED, reason="the trained StyleGAN2 starter has not replaced the untrained "
-                                                "placeholder yet (models/README.md says where training stands)")
 def test_the_default_is_the_trained_stylegan2_starter(default_path):
-    registry = json.loads((ROOT / "models" / "registry.json").read_text())
-    assert default_path.name == registry["default"]
-    facts = engine.provenance(default_path)
-    training = facts["training"]
-    assert training["dataset"]["name"] == "toyfaces" and training["kimg"] > 0
-    assert training["machine"] and training["training_time_s"] > 0 and "finetune" in training["command"]
-    log = ROOT / training["log"]
-    assert log.is_file() and "kimg" in log.read_text()         # the run's log ships beside it
+    assert default_path.name == REGISTRY["default"]
+    assert default_path.name in [entry["file"] for entry in SHIPPED]   # so the test below checks its metadata
     assert engine.network_info(engine.load_network(default_path)["G_ema"])["family"] == "stylegan2"
 
 
 def test_every_shipped_model_is_small_and_listed():
-    registry = json.loads((ROOT / "models" / "registry.json").read_text())
-    for entry in registry["models"]:
+    for entry in SHIPPED:
         path = ROOT / "models" / entry["file"]
         assert path.is_file(), entry
         assert path.stat().st_size < MAX_MB * 1e6, f"{path.name} is over {MAX_MB} MB"
+
+
+@pytest.mark.parametrize("entry", SHIPPED, ids=lambda entry: entry["file"])
+def test_every_shipped_model_says_how_it_was_made_and_is_what_the_registry_says(entry):
+    path = ROOT / "models" / entry["file"]
+    training = engine.provenance(path)["training"]
+    assert training["dataset"]["name"] == "toyfaces" and training["kimg"] > 0
+    assert training["machine"] and training["training_time_s"] > 0 and "finetune" in training["command"]
+    log = ROOT / training["log"]
+    assert log.is_file() and "kimg" in log.read_text()
+    info = engine.network_info(engine.load_network(path)["G_ema"])
+    assert (info["family"], info["resolution"]) == (entry["family"], entry["resolution"])
+
+
+@pytest.mark.parametrize("entry", SHIPPED_SG3, ids=lambda entry: entry["file"])
+def test_a_shipped_stylegan3_moves_its_picture_with_the_input_translation(entry):
+    """What the README's rotation GIF relies on: the picture follows the input transform instead
+    of sticking to the screen. Moved right by 1/8 of its width, the picture equals the unmoved one
+    shifted by that many pixels (StyleGAN3-T is built translation-equivariant), far more closely
+    than it equals the unmoved one in place."""
+    path = ROOT / "models" / entry["file"]
+    renderer = engine.Renderer(engine.load_network(path), "cpu")
+    state = engine.initial_state(str(path), renderer.num_ws, seeds=(0,))
+    still = renderer.render(state).image.astype(np.float32)
+    moved = renderer.render(dataclasses.replace(state, transform=(0.0, 0.125, 0.0))).image.astype(np.float32)
+    shift = still.shape[1] // 8
+    followed = np.abs(moved[:, shift:] - still[:, :-shift]).mean()
+    stuck = np.abs(moved[:, shift:] - still[:, shift:]).mean()
+    assert followed < 0.35 * stuck, (followed, stuck)
 
 
 def test_the_default_renders_in_under_two_seconds_on_cpu(default_path):
