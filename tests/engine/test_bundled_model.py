@@ -1,4 +1,4 @@
-"""The network shipped in models/ as the default: it opens, says how it was made, and renders fast on CPU."""
+"""The networks shipped in models/: each opens and says how it was made; the default renders fast on CPU."""
 from __future__ import annotations
 
 import dataclasses
@@ -52,8 +52,8 @@ def test_every_shipped_model_says_how_it_was_made_and_is_what_the_registry_says(
 
 @pytest.mark.parametrize("entry", SHIPPED_SG3, ids=lambda entry: entry["file"])
 def test_a_shipped_stylegan3_moves_its_picture_with_the_input_translation(entry):
-    """What the README's rotation GIF relies on: the picture follows the input transform instead
-    of sticking to the screen. Moved right by 1/8 of its width, the picture equals the unmoved one
+    """What the README says of the StyleGAN3 starter: the picture follows the input translation
+    instead of sticking to the screen. Moved right by 1/8 of its width, the picture equals the unmoved one
     shifted by that many pixels (StyleGAN3-T is built translation-equivariant), far more closely
     than it equals the unmoved one in place."""
     path = ROOT / "models" / entry["file"]
