@@ -313,7 +313,7 @@ def finetune_options(args: argparse.Namespace):
 
 _FINETUNE_FLAGS = ("outdir", "data", "cfg", "batch", "gamma", "kimg", "tick", "snap", "mirror", "aug", "p", "target",
                    "resume", "glr", "dlr", "cbase", "cmax", "map", "mbstd_group", "freezed", "cond", "resolution",
-                   "fit", "minutes", "seed", "device")
+                   "fit", "minutes", "seed", "device", "eq_rot", "turn_fakes")
 
 
 def _finetune_argv(args: argparse.Namespace) -> list[str]:
@@ -352,7 +352,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             if event.metrics:
                 m = event.metrics
                 parts = [f"kimg {m.get('kimg', 0):.3f}", f"{m.get('s_per_kimg', 0):.1f} s/kimg",
-                         *(f"{k} {m[k]:.3f}" for k in ("loss/G", "loss/D", "loss/r1", "loss/pl", "aug_p") if k in m)]
+                         *(f"{k} {m[k]:.3f}" for k in ("loss/G", "loss/D", "loss/r1", "loss/pl", "loss/eq", "aug_p")
+                           if k in m)]
                 if m.get("gpu_mem_gb"):
                     parts.append(f"gpumem {m['gpu_mem_gb']:.2f} GB")
                 bar.write("  ".join(parts))
@@ -445,6 +446,11 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fit", choices=("crop", "pad"), help="make images square by centre crop or padding (default crop)")
     p.add_argument("--minutes", type=float, metavar="M", help="stop after M minutes, writing a snapshot first "
                                                              "(Ctrl+C and SIGTERM do the same); resume with --resume latest")
+    p.add_argument("--eq-rot", dest="eq_rot", type=float, metavar="W",
+                   help="StyleGAN3: weight of a loss that makes turning the input turn the picture (default 0, off)")
+    p.add_argument("--turn-fakes", dest="turn_fakes", type=_flag, nargs="?", const=True,
+                   help="StyleGAN3: draw every fake with a random input turn, so D judges turned pictures "
+                        "(--turn-fakes=1; only for data with every angle, like toyfaces --variant rotated)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--device", help="auto (CUDA when available; default), cpu, cuda or cuda:N")
     p.add_argument("--no-cache", dest="cache", action="store_const", const=False,

@@ -106,6 +106,8 @@ class TrainOptions:
     z_dim: int = 512                          # scratch only (NVIDIA: always 512; small for tests)
     w_dim: int = 512                          # scratch only
     cache: bool = True                        # cache the prepared images (engine.training.dataset)
+    eq_rot: float = 0.0                       # StyleGAN3: weight of the rotation-equivariance term (loss.py)
+    turn_fakes: bool = False                  # StyleGAN3: draw fakes with a random input turn (loss.py)
 
 
 @dataclass(frozen=True)
@@ -486,7 +488,11 @@ class _Run:
                                          opts.batch)
         if not nets.scratch:  # the early blur of SG3-R: blurring a trained network's inputs throws away what it knows
             loss_kwargs.update(blur_init_sigma=0, blur_fade_kimg=0)
-        self.loss = StyleGANLoss(nets.G, nets.D, augment_pipe=self.pipe, r1_gamma=gamma, **loss_kwargs)
+        if (opts.eq_rot > 0 or opts.turn_fakes) and sg2:
+            raise StyleDeckError("--eq-rot and --turn-fakes need a StyleGAN3 network: a StyleGAN2 generator has no "
+                                 "input to turn.")
+        self.loss = StyleGANLoss(nets.G, nets.D, augment_pipe=self.pipe, r1_gamma=gamma, eq_rot_weight=opts.eq_rot,
+                                 turn_fakes=opts.turn_fakes, **loss_kwargs)
         self.ema_kimg = opts.ema_kimg if opts.ema_kimg is not None else opts.batch * 10 / 32
         self.order = DataOrder(len(self.dataset), opts.seed)
 

@@ -10,6 +10,12 @@ Equations (Goodfellow et al. 2014; Mescheder et al. 2018; Karras et al. 2019, 20
        pl_mean; lazy: every k-th G step with gain k.
 - Style mixing: with probability `style_mixing_prob` an image takes ws from a second z from a
   random layer on.
+- Rotation (StyleGAN3 only, both off by default), to teach a network to turn its picture with its
+  input rather than to paint turned faces in its convolutions (a StyleGAN3-T is not built to):
+  turn_fakes draws every fake with a random input turn, a ~ U[0, 360), so that D judges turned
+  renderings (only for data that shows every angle); eq_rot_weight adds
+  eq_rot_weight * mean over the inscribed disk of (G(w, input turned by a) - turn(G(w), a))^2 on
+  half the batch, the upright rendering detached (the paper's EQ-R, as a loss).
 
 The phases and their gains come from the training loop (NVIDIA's Gmain/Greg/Gboth/Dmain/Dreg/Dboth).
 Images are float in [-1, 1]. Pass plain modules (not DDP wrappers) and average gradients after.
@@ -26,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import cuda_ops
+from engine.networks.stylegan3 import input_transform
 
 PHASES = ("Gmain", "Greg", "Gboth", "Dmain", "Dreg", "Dboth")
 
@@ -121,6 +128,43 @@ def path_length_penalty(G: nn.Module, ws: torch.Tensor, pl_mean: torch.Tensor, *
     return PathLength((lengths - new_mean).square(), lengths, new_mean)
 
 
+def rotate_images(img: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """img [N, C, H, W] turned counter-clockwise as displayed (the sense of input_transform) by
+    degrees [N] about its centre; bilinear, zero outside."""
+    a = torch.deg2rad(degrees.to(img.dtype))
+    c, s = torch.cos(a), torch.sin(a)
+    # Output pixel p' samples the source at R^-1 p' (normalised coordinates, y down).
+    theta = torch.stack([torch.stack([c, -s, torch.zeros_like(c)], 1),
+                         torch.stack([s, c, torch.zeros_like(c)], 1)], 1)           # [N, 2, 3]
+    grid = F.affine_grid(theta, list(img.shape), align_corners=False)
+    return F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def disk_mask(size: int, radius: float = 0.45, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[1, 1, size, size] float mask, 1 within radius * size of the centre (what a turn keeps in frame)."""
+    coords = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size - 0.5
+    return ((coords[None, :].square() + coords[:, None].square()) <= radius ** 2).float()[None, None]
+
+
+def turn_transforms(degrees: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[N, 3, 3] StyleGAN3 input transforms (see input_transform) that turn each picture by degrees [N]."""
+    return torch.stack([torch.from_numpy(input_transform(float(d))) for d in degrees.tolist()]).to(device)
+
+
+def turn_mismatch(turned: torch.Tensor, upright: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Per image [N]: mean over the inscribed disk of (turned - upright turned by degrees)^2;
+    upright is detached, so only `turned` learns."""
+    target = rotate_images(upright.detach().to(turned.dtype), degrees.to(turned.device))
+    mask = disk_mask(turned.shape[-1], device=turned.device)
+    return ((turned - target).square() * mask).sum(dim=[1, 2, 3]) / (mask.sum() * turned.shape[1])
+
+
+def rotation_equivariance_penalty(G: nn.Module, ws: torch.Tensor, upright: torch.Tensor,
+                                  degrees: torch.Tensor) -> torch.Tensor:
+    """turn_mismatch of G(ws, input turned by degrees) against upright = G.synthesis(ws) [N, C, H, W]."""
+    return turn_mismatch(G.synthesis(ws, transform=turn_transforms(degrees, ws.device)), upright, degrees)
+
+
 @contextmanager
 def _frozen(module: nn.Module) -> Iterator[None]:
     """Keep gradients out of `module`'s parameters (the other network of a phase); restore after."""
@@ -148,7 +192,7 @@ class StyleGANLoss:
     def __init__(self, G: nn.Module, D: nn.Module, augment_pipe: nn.Module | None = None, r1_gamma: float = 10,
                  style_mixing_prob: float = 0.9, pl_weight: float = 2, pl_batch_shrink: int = 2,
                  pl_decay: float = 0.01, pl_no_weight_grad: bool = False, blur_init_sigma: float = 0,
-                 blur_fade_kimg: float = 0):
+                 blur_fade_kimg: float = 0, eq_rot_weight: float = 0, turn_fakes: bool = False):
         self.G = G
         self.D = D
         self.augment_pipe = augment_pipe
@@ -162,6 +206,10 @@ class StyleGANLoss:
         self.pl_no_weight_grad = bool(pl_no_weight_grad)
         self.blur_init_sigma = float(blur_init_sigma)
         self.blur_fade_kimg = float(blur_fade_kimg)
+        self.eq_rot_weight = float(eq_rot_weight)
+        self.turn_fakes = bool(turn_fakes)
+        if (self.eq_rot_weight > 0 or self.turn_fakes) and not hasattr(getattr(G, "synthesis", None), "input"):
+            raise ValueError("turning the input needs a StyleGAN3 generator (a StyleGAN2 one has no input transform)")
         device = next(G.parameters()).device
         self.pl_mean = torch.zeros([], device=device)
         self.last_real_logits: torch.Tensor | None = None
@@ -178,12 +226,18 @@ class StyleGANLoss:
             return 0.0
         return max(1 - cur_nimg / (self.blur_fade_kimg * 1e3), 0) * self.blur_init_sigma
 
-    def run_G(self, z: torch.Tensor, c: torch.Tensor | None, update_emas: bool = False
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(img [N, C, H, W], ws [N, num_ws, w_dim]) with style mixing."""
+    def run_G(self, z: torch.Tensor, c: torch.Tensor | None, update_emas: bool = False,
+              degrees: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(img [N, C, H, W], ws [N, num_ws, w_dim]) with style mixing; degrees [N]: turn each input."""
         ws = self.G.mapping(z, c, update_emas=update_emas)
         ws, _ = style_mix(self.G, ws, z, c, self.style_mixing_prob)
-        return self.G.synthesis(ws, update_emas=update_emas), ws
+        if degrees is None:
+            return self.G.synthesis(ws, update_emas=update_emas), ws
+        return self.G.synthesis(ws, transform=turn_transforms(degrees, ws.device), update_emas=update_emas), ws
+
+    def fake_turns(self, n: int) -> torch.Tensor | None:
+        """Input turns in degrees [n] for a batch of fakes, uniform over the circle; None when off."""
+        return torch.rand([n]) * 360 if self.turn_fakes else None
 
     def run_D(self, img: torch.Tensor, c: torch.Tensor | None, blur_sigma: float = 0.0,
               update_emas: bool = False) -> torch.Tensor:
@@ -218,11 +272,24 @@ class StyleGANLoss:
 
     def _g_main(self, z: torch.Tensor, c: torch.Tensor | None, gain: float, sigma: float,
                 metrics: dict[str, float]) -> None:
-        """Make D call G's images real: softplus(-D(G(z)))."""
-        img, _ = self.run_G(z, c)
+        """Make D call G's images real: softplus(-D(G(z))); plus the rotation-equivariance term when on
+        (on half the batch, like the path-length term, to keep its cost down)."""
+        turns = self.fake_turns(z.shape[0])
+        img, ws = self.run_G(z, c, degrees=turns)
         logits = self.run_D(img, c, blur_sigma=sigma)
         loss = F.softplus(-logits)
-        loss.mean().mul(gain).backward()
+        total = loss.mean()
+        if self.eq_rot_weight > 0:
+            n = max(z.shape[0] // 2, 1)
+            if turns is None:   # turn a second rendering
+                eq = rotation_equivariance_penalty(self.G, ws[:n], img[:n], torch.rand([n]) * 360)
+            else:               # the fakes are turned already: compare them with their upright renderings
+                with torch.no_grad():
+                    upright = self.G.synthesis(ws[:n])
+                eq = turn_mismatch(img[:n], upright, turns[:n])
+            total = total + eq.mean() * self.eq_rot_weight
+            metrics["loss/eq"] = eq.mean().item()
+        total.mul(gain).backward()
         metrics.update({"loss/G": loss.mean().item(), "scores/fake": logits.mean().item(),
                         "signs/fake": logits.sign().mean().item()})
 
@@ -243,7 +310,7 @@ class StyleGANLoss:
         """Make D call G's images fake: softplus(D(G(z))). G runs without a graph (D's step only);
         update_emas lets G's running averages (w_avg, SG3 magnitudes) follow this batch, as NVIDIA."""
         with torch.no_grad():
-            img, _ = self.run_G(z, c, update_emas=True)
+            img, _ = self.run_G(z, c, update_emas=True, degrees=self.fake_turns(z.shape[0]))
         logits = self.run_D(img, c, blur_sigma=sigma, update_emas=True)
         loss = F.softplus(logits)
         loss.mean().mul(gain).backward()

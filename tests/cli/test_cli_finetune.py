@@ -60,6 +60,18 @@ def test_a_short_run_then_resume_latest(tmp_path, folder, capsys):
     assert G(torch.randn([1, G.z_dim]), None).shape == (1, 3, 16, 16)
 
 
+def test_eq_rot_trains_a_stylegan3_on_the_rotation_term_and_is_refused_for_stylegan2(tmp_path, folder, capsys):
+    argv = ["finetune", "--data", str(folder), "--kimg", "0.008", "--tick", "0.004", *TINY, "--eq-rot", "5",
+            "--turn-fakes=1"]
+    opts = finetune_options(build_parser().parse_args(["finetune", "--outdir", "o", *argv[1:]]))
+    assert opts.eq_rot == 5 and opts.turn_fakes is True
+    assert main([*argv, "--outdir", str(tmp_path / "t"), "--cfg", "stylegan3-t"]) == 0
+    assert "loss/eq" in capsys.readouterr().out
+    assert main([*argv, "--outdir", str(tmp_path / "s"), "--cfg", "stylegan2"]) == 1
+    assert "--eq-rot and --turn-fakes need a StyleGAN3 network" in capsys.readouterr().err
+    assert not find_snapshots(tmp_path / "s")
+
+
 def test_several_gpus_without_torchrun_prints_the_command(tmp_path, folder, capsys, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     status = main(["finetune", "--outdir", str(tmp_path / "o"), "--data", str(folder), "--gpus", "2",

@@ -13,8 +13,9 @@ from engine.networks.discriminator import Discriminator
 from engine.networks.stylegan2 import Generator as Generator2
 from engine.networks.stylegan3 import Generator as Generator3
 from engine.training.augment import AugmentPipe, augment_preset
-from engine.training.loss import (StyleGANLoss, blur, path_length_penalty, preset_loss_kwargs, r1_penalty,
-                                  style_mix)
+from engine.training.loss import (StyleGANLoss, blur, disk_mask, path_length_penalty, preset_loss_kwargs,
+                                  r1_penalty, rotate_images, rotation_equivariance_penalty, style_mix,
+                                  turn_transforms)
 
 Z = 16
 
@@ -426,3 +427,97 @@ def test_conditional_networks_train_with_labels():
         m = loss.accumulate_gradients(phase, real, c, z, c, gain=1, cur_nimg=0)
         assert all(math.isfinite(v) for v in m.values())
     assert G.mapping.embed.weight.grad is not None and D.mapping.embed.weight.grad is not None
+
+
+# ----------------------------------------------------------------------------------------------
+# Rotation equivariance (StyleGAN3)
+
+
+def test_rotate_images_turns_counter_clockwise_as_displayed():
+    img = torch.rand([2, 3, 8, 8], generator=torch.Generator().manual_seed(0))
+    # numpy's rot90 turns an array counter-clockwise as displayed (rows downwards).
+    for k, degrees in ((1, 90.0), (2, 180.0), (3, 270.0)):
+        turned = rotate_images(img, torch.full([2], degrees))
+        assert torch.allclose(turned, torch.rot90(img, k, dims=(2, 3)), atol=1e-5), degrees
+    assert torch.allclose(rotate_images(img, torch.zeros([2])), img, atol=1e-6)
+    # A bright dot right of the centre goes up (smaller row) for +90 degrees.
+    dot = torch.zeros([1, 1, 9, 9])
+    dot[0, 0, 4, 7] = 1
+    assert rotate_images(dot, torch.tensor([90.0]))[0, 0].argmax() == 1 * 9 + 4
+
+
+def test_disk_mask_keeps_what_a_turn_keeps_in_frame():
+    m = disk_mask(16)
+    assert m.shape == (1, 1, 16, 16) and m[0, 0, 8, 8] == 1 and m[0, 0, 0, 0] == 0 and m[0, 0, 8, 1] == 1
+    assert abs(float(m.mean()) - math.pi * 0.45 ** 2) < 0.05
+
+
+def test_equivariance_penalty_is_zero_without_a_turn_and_training_on_it_lowers_it():
+    G = tiny_g3()
+    z = torch.randn([4, Z], generator=torch.Generator().manual_seed(3))
+    degrees = torch.tensor([0.0, 0.0, 0.0, 0.0])
+    with torch.no_grad():
+        ws = G.mapping(z, None)
+        assert float(rotation_equivariance_penalty(G, ws, G.synthesis(ws), degrees).max()) < 1e-10
+    degrees = torch.tensor([90.0, 45.0, 180.0, 270.0])
+    opt = torch.optim.Adam(G.synthesis.parameters(), lr=0.01)
+
+    def penalty() -> torch.Tensor:
+        ws = G.mapping(z, None).detach()
+        return rotation_equivariance_penalty(G, ws, G.synthesis(ws), degrees).mean()
+
+    before = float(penalty().detach())
+    for _ in range(15):
+        opt.zero_grad()
+        penalty().backward()
+        opt.step()
+    assert before > 0 and float(penalty().detach()) < 0.5 * before
+
+
+@pytest.mark.parametrize("turn_fakes", [False, True])
+def test_g_main_adds_the_weighted_equivariance_term_and_reports_it(turn_fakes):
+    G, D = tiny_g3(), tiny_d()
+    real, real_c, z, c = batch()
+    plain = StyleGANLoss(G, D, r1_gamma=1, turn_fakes=turn_fakes, **preset_loss_kwargs("stylegan3-t", 4))
+    torch.manual_seed(5)
+    m = plain.accumulate_gradients("Gmain", real, real_c, z, c, gain=1, cur_nimg=0)
+    assert "loss/eq" not in m
+    g_plain = grads(G)
+    zero_grads(G, D)
+    torch.manual_seed(5)
+    eq = StyleGANLoss(G, D, r1_gamma=1, eq_rot_weight=3, turn_fakes=turn_fakes,
+                      **preset_loss_kwargs("stylegan3-t", 4))
+    m = eq.accumulate_gradients("Gmain", real, real_c, z, c, gain=1, cur_nimg=0)
+    assert m["loss/eq"] > 0
+    assert any(not torch.allclose(a, b) for a, b in zip(grads(G), g_plain))
+
+
+def test_turned_fakes_are_the_input_turned_by_a_random_angle_in_both_players_phases():
+    G, D = tiny_g3(), tiny_d()
+    _, _, z, c = batch()
+    loss = StyleGANLoss(G, D, turn_fakes=True, **preset_loss_kwargs("stylegan3-t", 4))
+    turns = torch.cat([loss.fake_turns(4) for _ in range(50)])
+    assert turns.min() >= 0 and turns.max() < 360 and turns.std() > 80      # spread over the circle
+    assert StyleGANLoss(G, D, **preset_loss_kwargs("stylegan3-t", 4)).fake_turns(4) is None
+    with torch.no_grad():
+        upright, ws = loss.run_G(z, c)
+        assert torch.equal(loss.run_G(z, c, degrees=torch.zeros(4))[0], upright)
+        turned = loss.run_G(z, c, degrees=torch.full([4], 90.0))[0]
+        assert torch.allclose(turned, G.synthesis(ws, transform=turn_transforms(torch.full([4], 90.0))))
+        assert not torch.allclose(turned, upright, atol=1e-3)
+    # D's phase on fakes sees turned pictures too: its gradients differ from the upright run's.
+    real, real_c, _, _ = batch()
+    got = []
+    for turn in (False, True):
+        zero_grads(G, D)
+        torch.manual_seed(7)
+        StyleGANLoss(G, D, r1_gamma=0, turn_fakes=turn, **preset_loss_kwargs("stylegan3-t", 4)).accumulate_gradients(
+            "Dmain", real, real_c, z, c, gain=1, cur_nimg=0)
+        got.append(grads(D))
+    assert any(not torch.allclose(a, b) for a, b in zip(*got))
+
+
+def test_turning_the_input_needs_a_stylegan3_generator():
+    for kwargs in (dict(eq_rot_weight=1), dict(turn_fakes=True)):
+        with pytest.raises(ValueError, match="StyleGAN3"):
+            StyleGANLoss(tiny_g2(), tiny_d(), **kwargs)
