@@ -3,6 +3,7 @@
 #
 #   bash models/training/train_on_device.sh CFG RESOLUTION MINUTES
 #   e.g. bash models/training/train_on_device.sh stylegan3-t 64 6
+#   EXTRA="--turn-fakes=1 --eq-rot 2" adds finetune flags (here: teach a StyleGAN3 to turn with its input)
 #
 # Draws the toyfaces dataset (rotated variant for StyleGAN3), trains with the project's loop for
 # MINUTES (a clean stop with a snapshot), then writes to $OUT: the G_ema network in float16
@@ -19,7 +20,8 @@ DATA="$WORK/toyfaces-$VARIANT-$RES.zip"
 DATASET_CMD="python main.py make-dataset toyfaces --out toyfaces-$VARIANT-$RES.zip --count $COUNT --resolution $RES --variant $VARIANT"
 [ -f "$DATA" ] || python3 main.py make-dataset toyfaces --out "$DATA" --count "$COUNT" --resolution "$RES" --variant "$VARIANT"
 TRAIN=(finetune --data "$DATA" --outdir "$WORK/$NAME" --cfg "$CFG" --resolution "$RES" --cbase "$CBASE" --cmax "$CMAX"
-       --batch "$BATCH" --kimg 1000 --tick 4 --snap 5 --mirror 1 --aug noaug --device "$DEVICE" --seed 0 --minutes "$MINUTES")
+       --batch "$BATCH" --kimg 1000 --tick 4 --snap 5 --mirror 1 --aug noaug --device "$DEVICE" --seed 0 --minutes "$MINUTES"
+       ${EXTRA:-})
 # keep the tick lines and the outcome; tqdm's redraws stay out of the log
 { python3 main.py "${TRAIN[@]}" 2>&1 | tr '\r' '\n' | grep -E "s/kimg|stopped|trained to|error|note:" || true; } \
     | tee "$OUT/$NAME.log"
