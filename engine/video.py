@@ -27,7 +27,7 @@ from engine.images import image_grid, to_rgb, to_uint8
 from engine.jobs import CancelToken, Progress, ProgressCallback, translate_oom
 from engine.edit_state import EditState
 from engine.latents import Source, check_noise_mode, compose_ws
-from engine.networks.stylegan3 import input_transform
+from engine.networks.stylegan3 import input_transform, input_transforms
 from engine.renderer import Renderer
 from engine.video_encode import EncodeOptions, encode_frames, output_format, resize_frame
 
@@ -288,8 +288,7 @@ def _synthesis(renderer: Renderer, ws: torch.Tensor, transforms: np.ndarray | No
     graphs); StyleGAN3 with `transforms` [B, 3] gets one each."""
     if transforms is None:
         return renderer.synthesize(ws, noise_mode)
-    per_frame = np.stack([input_transform(float(rotate), (float(tx), float(ty))) for rotate, tx, ty in transforms])
-    return renderer.synthesize(ws, noise_mode, transform=torch.from_numpy(per_frame).to(ws.device))
+    return renderer.synthesize(ws, noise_mode, transform=input_transforms(transforms).to(ws.device))
 
 
 def render_frames(renderer: Renderer, spec: AnimationSpec, *, batch: int = DEFAULT_BATCH,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from engine.errors import UnsupportedNetworkError
 from engine.networks.layers import FullyConnectedLayer, normalize_2nd_moment, truncate
 
 __all__ = ["Generator", "MappingNetwork", "SynthesisInput", "SynthesisLayer", "SynthesisNetwork",
-           "design_lowpass_filter", "input_transform", "kaiser_beta", "modulated_conv2d"]
+           "design_lowpass_filter", "input_transform", "input_transforms", "kaiser_beta", "modulated_conv2d"]
 
 # ----------------------------------------------------------------------------------------------
 # Filter design (the paper's appendix: Kaiser-windowed sinc, and a jinc for the radial R filters)
@@ -88,6 +89,12 @@ def input_transform(rotate: float = 0.0, translate: tuple[float, float] = (0.0, 
     c, s = math.cos(a), math.sin(a)
     m = np.array([[c, s, translate[0]], [-s, c, translate[1]], [0.0, 0.0, 1.0]], dtype=np.float64)
     return np.linalg.inv(m).astype(np.float32)
+
+
+def input_transforms(transforms: Iterable[Sequence[float]]) -> torch.Tensor:
+    """[N, 3, 3] per-sample input transforms (SynthesisInput.forward's `transform`) for N
+    (rotate, tx, ty) rows, each as input_transform(rotate, (tx, ty))."""
+    return torch.from_numpy(np.stack([input_transform(float(r), (float(tx), float(ty))) for r, tx, ty in transforms]))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import cuda_ops
-from engine.networks.stylegan3 import input_transform
+from engine.networks.stylegan3 import input_transforms
 
 PHASES = ("Gmain", "Greg", "Gboth", "Dmain", "Dreg", "Dboth")
 
@@ -147,8 +147,8 @@ def disk_mask(size: int, radius: float = 0.45, device: torch.device | str = "cpu
 
 
 def turn_transforms(degrees: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    """[N, 3, 3] StyleGAN3 input transforms (see input_transform) that turn each picture by degrees [N]."""
-    return torch.stack([torch.from_numpy(input_transform(float(d))) for d in degrees.tolist()]).to(device)
+    """[N, 3, 3] StyleGAN3 input transforms that turn each picture by degrees [N] (and do not move it)."""
+    return input_transforms((d, 0.0, 0.0) for d in degrees.tolist()).to(device)
 
 
 def turn_mismatch(turned: torch.Tensor, upright: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
