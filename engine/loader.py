@@ -153,7 +153,8 @@ def provenance_lines(facts: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("training", run))
     origin = facts.get("origin") or {}
     if origin.get("source"):
-        rows.append(("origin", str(origin["source"])))
+        at = f" at {float(origin['kimg']):.1f} kimg" if isinstance(origin.get("kimg"), (int, float)) else ""
+        rows.append(("origin", f"{origin['source']}{at}"))
     if facts.get("storage") == "float16":
         rows.append(("weights", "stored as float16"))
     return rows
@@ -168,22 +169,24 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def convert_network(src: str | Path, dst: str | Path, training: dict[str, Any] | None = None,
-                    keep: Sequence[str] | None = None, half: bool = False) -> Path:
+                    keep: Sequence[str] | None = None, half: bool = False,
+                    origin: dict[str, Any] | None = None) -> Path:
     """Read `src` (an NVIDIA pickle or a checkpoint) and write its networks to the native file `dst`.
 
     `training` entries are added to the recorded training metadata; `keep` names the networks to
-    write (e.g. G_ema and D, dropping the raw G); `half` stores weights as float16 (see checkpoint).
+    write (e.g. G_ema and D, dropping the raw G); `half` stores weights as float16 (see checkpoint);
+    `origin` replaces the recorded origin (e.g. a shipped model that a chain of fine-tunes began from).
     """
     src, dst = Path(src), Path(dst)
     kind = sniff_format(src)
     if kind == "pickle":
         data = read_network_pickle(src)
         nets = build_networks(data, src.name)
-        origin = {"source": src.name, "sha256": file_sha256(src), "format": "nvidia-pickle"}
+        origin = origin or {"source": src.name, "sha256": file_sha256(src), "format": "nvidia-pickle"}
         recorded = (nvidia := _jsonable_or_none(training_info(data))) and {"nvidia": nvidia}
     else:
         nets, meta = load_checkpoint(src)
-        origin = meta.get("origin")  # a re-save keeps the file it came from
+        origin = origin or meta.get("origin")  # a re-save keeps the file it came from
         recorded = meta.get("training")
     if keep is not None:
         unknown = [key for key in keep if key not in nets]

@@ -17,9 +17,7 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,6 +96,7 @@ def main() -> int:
     ticks = [line for run in runs for line in run]
     steps = [step for run in runs for step in tick_steps(run)]
     from engine.checkpoint import read_checkpoint_metadata
+    from engine.loader import convert_network, file_sha256
     meta = read_checkpoint_metadata(snap.network)
     recorded = meta["training"] or {}
     resolution = (recorded.get("options", {}).get("resolution")   # None when the run resumed a network file
@@ -116,13 +115,11 @@ def main() -> int:
         info["kimg"] = round(base["kimg"] + sum(kimg for kimg, _ in steps), 3)
         info["training_time_s"] += base["training_time_s"]
         info["command"] = f"{base['command']}\nthen fine-tuned: {args.command}"
+    # A fine-tune's snapshot names the file its last run resumed; the shipped model it began from says more.
+    origin = ({"source": args.continues.name, "sha256": file_sha256(args.continues), "kimg": base["kimg"]}
+              if base else None)
     out = ROOT / "models" / f"{args.name}.safetensors"
-    with tempfile.TemporaryDirectory() as tmp:
-        info_path = Path(tmp) / "info.json"
-        info_path.write_text(json.dumps(info))
-        subprocess.run([sys.executable, str(ROOT / "main.py"), "convert", "--network", str(snap.network),
-                        "--output", str(out), "--keep", "G_ema,D", "--half", "--training-info", str(info_path)],
-                       check=True)
+    convert_network(snap.network, out, training=info, keep=["G_ema", "D"], half=True, origin=origin)
     log_out = ROOT / "models" / "training" / f"{args.name}.log"
     history = ("".join(f"# history: {line}\n" for line in args.history.read_text().splitlines() if line.strip())
                if args.history else "")

@@ -13,7 +13,8 @@ from torch import nn
 from reference_data import load_reference, perturbed, rel_error, state_of
 from engine.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint
 from engine.errors import CorruptFileError, StyleDeckError, UnsupportedNetworkError
-from engine.loader import convert_network, file_sha256, load_network, network_info, sniff_format
+from engine.loader import (convert_network, file_sha256, load_network, network_info, provenance, provenance_lines,
+                           sniff_format)
 from engine.networks import discriminator, stylegan2, stylegan3
 from nvidia_pickle import write_nvidia_pickle
 
@@ -171,6 +172,10 @@ def test_convert_reference_pickle_keeps_origin_and_images(tmp_path):
     again_meta = load_checkpoint(again)[1]
     assert again_meta["origin"] == meta["origin"]  # a re-save keeps where it came from
     assert again_meta["training"] == {"nvidia": nvidia, "kimg": 1}  # added to what was recorded
+    named = {"source": "ancestor.safetensors", "sha256": "0" * 64, "kimg": 79.616}
+    renamed = convert_network(dst, tmp_path / "renamed.safetensors", origin=named)
+    assert load_checkpoint(renamed)[1]["origin"] == named   # told where it came from, it says so
+    assert ("origin", "ancestor.safetensors at 79.6 kimg") in provenance_lines(provenance(renamed))
 
     small = convert_network(dst, tmp_path / "small.safetensors", keep=["G_ema", "D"], half=True)
     small_nets, small_meta = load_checkpoint(small)
