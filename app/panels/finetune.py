@@ -36,7 +36,8 @@ BLEND_PREVIEW_SIZE = 160        # px
 START_CHOICES = (("editor", "Network open in the editor"), ("file", "A network file"),
                  ("scratch", "From scratch"))
 PLOTTED_LOSSES = (("loss/G", "G", (31, 119, 180)), ("loss/D", "D", (214, 39, 40)),
-                  ("loss/r1", "R1", (44, 160, 44)), ("loss/pl", "path length", (148, 103, 189)))
+                  ("loss/r1", "R1", (44, 160, 44)), ("loss/pl", "path length", (148, 103, 189)),
+                  ("loss/eq", "turning", (140, 86, 75)))
 
 
 def _qimage(image: np.ndarray) -> QImage:
@@ -247,6 +248,14 @@ class FinetunePanel(QWidget):
         self.p_spin = self._double(0.0, 1.0, 0.2, 2, "augmentation probability")
         self.p_spin.setSingleStep(0.05)
         form.addRow("Augmentation", row(self.aug_combo, self.target_spin, self.p_spin, stretch_index=0))
+        # StyleGAN3 only (the engine refuses them for StyleGAN2, readably): teach turning the input to turn the picture
+        self.turn_check = QCheckBox("turn the fakes")
+        self.turn_check.setToolTip("StyleGAN3: draw every fake with a random input turn, so D judges turned "
+                                   "pictures (only for images that show every angle)")
+        self.eq_spin = self._double(0.0, 1000.0, 0.0, 2, "StyleGAN3: weight of a loss between a turned picture "
+                                                         "and the upright one turned by as much; off: 0")
+        self.eq_spin.setSpecialValueText("off")
+        form.addRow("Turning (StyleGAN3)", row(self.turn_check, QLabel("loss weight"), self.eq_spin))
         self.snap_spin = self._double(0.001, 1e5, 10.0, 3, "kimg between snapshots (and at the end)")
         self.snap_spin.setSuffix(" kimg")
         form.addRow("Snapshot every", self.snap_spin)
@@ -459,6 +468,7 @@ class FinetunePanel(QWidget):
             dlr=float(self.dlr_spin.value()), mirror=self.mirror_check.isChecked(),
             aug=self.aug_combo.currentData(), target=float(self.target_spin.value()),
             snap=float(self.snap_spin.value()), fit=self.fit_combo.currentData(),
+            eq_rot=float(self.eq_spin.value()), turn_fakes=self.turn_check.isChecked(),
             # a plot point per tick: ~100 over the run, at least one step apart, at most NVIDIA's 4 kimg
             tick=min(4.0, max(kimg / 100, batch / 1000)),
             device=self.device, **extra)
@@ -588,7 +598,8 @@ class FinetunePanel(QWidget):
             curve.setData(xs, ys)
 
     def series(self, key: str) -> tuple[list[float], list[float]]:
-        """The plotted (kimg, value) points of a metric ('loss/G', 'loss/D', 'loss/r1', 'loss/pl', 'aug_p')."""
+        """The plotted (kimg, value) points of a metric ('loss/G', 'loss/D', 'loss/r1', 'loss/pl', 'loss/eq',
+        'aug_p')."""
         xs, ys = self._series.get(key, ([], []))
         return list(xs), list(ys)
 

@@ -489,8 +489,8 @@ class _Run:
         if not nets.scratch:  # the early blur of SG3-R: blurring a trained network's inputs throws away what it knows
             loss_kwargs.update(blur_init_sigma=0, blur_fade_kimg=0)
         if (opts.eq_rot > 0 or opts.turn_fakes) and sg2:
-            raise StyleDeckError("--eq-rot and --turn-fakes need a StyleGAN3 network: a StyleGAN2 generator has no "
-                                 "input to turn.")
+            raise StyleDeckError("Turning the fakes (--turn-fakes) and the turning loss (--eq-rot) need a StyleGAN3 "
+                                 "network: a StyleGAN2 generator has no input to turn.")
         self.loss = StyleGANLoss(nets.G, nets.D, augment_pipe=self.pipe, r1_gamma=gamma, eq_rot_weight=opts.eq_rot,
                                  turn_fakes=opts.turn_fakes, **loss_kwargs)
         self.ema_kimg = opts.ema_kimg if opts.ema_kimg is not None else opts.batch * 10 / 32

@@ -91,6 +91,10 @@ def test_options_come_from_the_widgets(make_panel, tmp_path, images, tiny_base):
     opts = panel.options()
     assert (opts.resume, opts.kimg, opts.batch, opts.snap, opts.aug, opts.p, opts.gamma, opts.glr) == \
         (str(tiny_base), 0.5, 4, 0.008, "fixed", 0.3, 0.5, None)   # glr "auto" -> the engine's default
+    assert (opts.eq_rot, opts.turn_fakes) == (0.0, False)          # turning is off unless asked for
+    panel.turn_check.setChecked(True)
+    panel.eq_spin.setValue(2.5)
+    assert (panel.options().eq_rot, panel.options().turn_fakes) == (2.5, True)
     panel.start_combo.setCurrentIndex(panel.start_combo.findData("scratch"))
     panel.cfg_combo.setCurrentIndex(panel.cfg_combo.findData("stylegan3-t"))
     opts = panel.options()
@@ -207,6 +211,17 @@ def test_a_folder_without_images_fails_readably(qtbot, make_panel, tmp_path):
     assert "notes.png" in panel.error_label.text() and "Traceback" not in panel.error_label.text()
     assert panel.start_button.isEnabled() and not panel.load_button.isEnabled()
     assert not panel.blend_group.isEnabled()
+
+
+def test_turning_a_stylegan2_is_refused_readably(qtbot, make_panel, images, tmp_path):
+    panel = make_panel()                                    # the editor has a StyleGAN2 open
+    fill(panel, images, tmp_path / "run", kimg=0.008)
+    panel.turn_check.setChecked(True)
+    with qtbot.waitSignal(panel.run_ended, timeout=RUN_TIMEOUT_MS) as ended:
+        assert panel.start()
+    assert isinstance(ended.args[0], engine.Failed)
+    assert "need a StyleGAN3 network" in panel.error_label.text() and "Traceback" not in panel.error_label.text()
+    assert panel.start_button.isEnabled() and panel.latest_snapshot is None
 
 
 def test_closing_the_window_stops_the_run(qtbot, open_window, tiny_base, images, tmp_path):
