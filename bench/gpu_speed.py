@@ -14,7 +14,7 @@ On CUDA (the default where a GPU is present), in one run:
        fast-alt   the fast path with the other modulated-conv form than it picks (checks that choice)
      and Renderer.render() end to end (EditState -> uint8 numpy image) on the fast path, batch 1;
   3. the issue's targets (measured on an H100; the H200 has its compute and 1.4x its memory bandwidth).
-On the CPU (`--device cpu`): the bundled model (engine.default_network()) and StyleGAN2 / StyleGAN3-T at
+On the CPU (`--device cpu`): the bundled models (engine.bundled_networks()) and StyleGAN2 / StyleGAN3-T at
 256 px, batch 1 and 8, fast path against reference path (on the CPU the fast path is the reference path,
 so the ratio shows only the cost of the plumbing).
 
@@ -253,9 +253,9 @@ def bench_generators(device: torch.device, args: argparse.Namespace, results: Re
     variants = [v for v in args.variants.split(",") if v and (on_cuda or v in ("reference", "fast"))]
     networks: list[tuple[str, str, Callable[[], torch.nn.Module]]] = []
     if args.bundled:
-        path = engine.default_network()
-        networks.append(("bundled", f"bundled {path.stem}"[:28],
-                         lambda: _pick(engine.load_network(path, device=str(device)))))
+        for path in engine.bundled_networks():
+            networks.append(("bundled", f"bundled {path.stem}"[:28],
+                             functools.partial(lambda p: _pick(engine.load_network(p, device=str(device))), path)))
     for size in args.sizes:
         for arch in args.archs:
             networks.append((arch, ARCHS[arch][0], functools.partial(_build, arch, size, device)))

@@ -3,7 +3,7 @@
 The app and scripts use the names in `__all__`; they get numpy arrays, frozen dataclasses and
 the typed errors of `engine.errors` back.
 """
-from engine.bundled import default_network, models_dir
+from engine.bundled import bundled_networks, default_network, models_dir
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.devices import resolve_device
 from engine.edit_state import (EditState, from_json, group_amount, initial_state, load_session, save_session,
@@ -39,7 +39,7 @@ __all__ = [
     "Cancelled", "CorruptFileError", "DeviceOutOfMemoryError", "NetworkFileNotFoundError", "StyleDeckError",
     "UnsafePickleError", "UnsupportedNetworkError",
     # networks on disk, devices
-    "default_network", "models_dir", "resolve_device", "convert_network", "input_transform", "load_checkpoint", "load_network", "network_info", "provenance", "provenance_lines", "save_checkpoint",
+    "bundled_networks", "default_network", "models_dir", "resolve_device", "convert_network", "input_transform", "load_checkpoint", "load_network", "network_info", "provenance", "provenance_lines", "save_checkpoint",
     # latents
     "GROUP_NAMES", "NOISE_MODES", "LatentCache", "LayerGroup", "NoiseMode", "Source", "base_mix",
     "check_noise_mode", "class_to_c", "compose_ws", "layer_groups", "mix_ws", "network_family",

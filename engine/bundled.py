@@ -16,9 +16,9 @@ def models_dir() -> Path:
     return Path(os.environ.get("STYLEDECK_MODELS", ROOT / "models"))
 
 
-def default_network() -> Path:
-    """The network to use when --network is not given: models/registry.json's default, else the
-    first checkpoint in models/ by name; a StyleDeckError when there is none."""
+def bundled_networks() -> list[Path]:
+    """The networks in models/ that exist, the one to open by default first: models/registry.json's
+    default, then its other entries in order; without a registry, every checkpoint by name."""
     folder = models_dir()
     registry = folder / "registry.json"
     if registry.is_file():
@@ -33,12 +33,18 @@ def default_network() -> Path:
         for entry in models if isinstance(models, list) else []:
             if isinstance(entry, dict):
                 candidates += [entry[k] for k in ("file", "path") if isinstance(entry.get(k), str)]
-        for name in candidates:
-            if (folder / name).is_file():
-                return folder / name
-    checkpoints = sorted(p for p in folder.glob("*") if p.suffix in CHECKPOINT_SUFFIXES and p.is_file()) \
+        found = list(dict.fromkeys(folder / name for name in candidates if (folder / name).is_file()))
+        if found:
+            return found
+    return sorted(p for p in folder.glob("*") if p.suffix in CHECKPOINT_SUFFIXES and p.is_file()) \
         if folder.is_dir() else []
-    if checkpoints:
-        return checkpoints[0]
-    raise StyleDeckError(f"No network is bundled in {folder} yet. Pass --network with the path of an NVIDIA "
+
+
+def default_network() -> Path:
+    """The network to use when --network is not given (the first of bundled_networks()); a
+    StyleDeckError when there is none."""
+    networks = bundled_networks()
+    if networks:
+        return networks[0]
+    raise StyleDeckError(f"No network is bundled in {models_dir()} yet. Pass --network with the path of an NVIDIA "
                          "network pickle (.pkl) or a StyleDeck checkpoint (.safetensors).")

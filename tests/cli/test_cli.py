@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from engine.checkpoint import load_checkpoint, save_checkpoint
-from engine.bundled import default_network
+from engine.bundled import bundled_networks, default_network
 from engine.errors import StyleDeckError
 from engine.images import to_uint8
 from engine.latents import layer_groups, seed_to_z
@@ -319,6 +319,9 @@ def test_default_network_comes_from_models(tmp_path, nets, monkeypatch):
     assert default_network() == models / "a.pkl"                 # first by name
     (models / "registry.json").write_text(json.dumps({"default": "b.safetensors"}))
     assert default_network() == models / "b.safetensors"
+    registry = {"default": "b.safetensors", "models": [{"file": "gone.pkl"}, {"file": "a.pkl"}, {"file": "b.safetensors"}]}
+    (models / "registry.json").write_text(json.dumps(registry))
+    assert bundled_networks() == [models / "b.safetensors", models / "a.pkl"]   # default first, no missing file twice
     env = {**os.environ, "STYLEDECK_MODELS": str(models)}
     result = subprocess.run([sys.executable, str(ROOT / "main.py"), "info"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
