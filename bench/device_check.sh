@@ -5,19 +5,25 @@
 # ../shared does not travel):
 #     mkdir -p .git/info && grep -qx '/shared/' .git/info/exclude 2>/dev/null || echo '/shared/' >> .git/info/exclude
 #     mkdir -p shared && cp -r ../shared/reference shared/
-# The call (device tool):  run(command="bash bench/device_check.sh", timeout_s=600)
+#     mkdir -p .whl && grep -qx '/.whl/' .git/info/exclude || echo '/.whl/' >> .git/info/exclude
+#     pip download --no-deps -d .whl lpips==0.1.4        # the machine's image has no lpips (projection)
+# The call (device tool):  run(command="bash bench/device_check.sh", carry=[".whl"], timeout_s=600)
+# (mp4 export needs imageio-ffmpeg, absent there and its wheel, 68 MB, over the 64 MiB a call carries:
+# export_speed times gif and PNG frames there, the other two encoders are measured on CPUs.)
 #
-# What it does, each step under its own `timeout` (build 150 s, pytest 180 s, gpu_speed what is left
-# less 60 s but at most 240 s, the other two 30 s each), all within DEVICE_CHECK_BUDGET_S (default 540 s;
-# with the machine's start, about 11-12 of a session's 15 device minutes):
+# What it does, each step under its own `timeout` (build 150 s, pytest 180 s, projection_target 45 s,
+# projection_speed 60 s, export_speed 45 s, then gpu_speed what is left less 10 s but at most 240 s), all
+# within DEVICE_CHECK_BUDGET_S (default 540 s; with the machine's start, about 11-12 of a session's 15
+# device minutes):
 #   env         GPU, driver, nvcc, python3 and torch versions                        -> $OUT/summary.txt
 #   build       cuda_ops' CPU and CUDA kernels (JIT, sm_90), then cuda_ops.status()  -> $OUT/build.log
 #   pytest      every gpu-marked test outside tests/app (the app needs PySide6, absent there), -v so
 #               that a run cut short still shows which tests passed
 #                                                                                     -> $OUT/pytest_gpu.log
+#   projection_target, projection_speed, export_speed: the device numbers of issues 7 and 8
+#                                                                                     -> $OUT/<name>.log
 #   gpu_speed   bench/gpu_speed.py: ops kernel vs reference, generators fast vs reference, targets
 #                                                                                     -> $OUT/gpu_speed.log, .json
-#   projection_speed, export_speed: bench scripts of other issues, when present      -> $OUT/<name>.log
 # $OUT/summary.txt ends with one line per step (exit code, seconds) and the key result lines; the
 # reply's output_tail shows the same. Nothing is installed: the machine's python3 has torch, numpy,
 # pytest, safetensors, imageio, opencv, pillow, tqdm, ninja and nvcc, which is all this needs
@@ -43,6 +49,10 @@ if [ -z "${STYLEDECK_REFERENCE:-}" ]; then
 fi
 
 say() { echo "$*" | tee -a "$SUMMARY"; }
+if ls .whl/*.whl > /dev/null 2>&1; then       # carried wheels of packages the image lacks
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH="/tmp/site:$PYTHONPATH" || echo "carried wheels did not install"
+fi
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 
 # step NAME CAP_SECONDS COMMAND...: runs COMMAND with at most min(CAP, time left) seconds into $OUT/NAME.log.
@@ -84,19 +94,29 @@ GPU_TESTS=$(grep -rlE "pytest\.mark\.gpu" tests --include='*.py' | grep -v '^tes
 TIMEOUT_ARGS=""; $PY -c "import pytest_timeout" 2>/dev/null && TIMEOUT_ARGS="--timeout 150"   # one hung test must not eat the rest
 step pytest_gpu 180 $PY -m pytest -m gpu -v -p no:cacheprovider -o addopts="" -rfEs $TIMEOUT_ARGS $GPU_TESTS
 
-SPEED_CAP=$(( $(left) - 60 ))            # leave time for the two short scripts after it
-[ "$SPEED_CAP" -gt 240 ] && SPEED_CAP=240
-# GPU_SPEED_ARGS: extra flags, e.g. "--device cpu --quick --sizes 16" for a dry run of this script without a GPU.
-step gpu_speed "$SPEED_CAP" $PY bench/gpu_speed.py --json "$OUT/gpu_speed.json" --budget-s $(( SPEED_CAP - 40 )) ${GPU_SPEED_ARGS:-}
+# Issues 7 and 8 before gpu_speed: their device numbers are all that is left of them, and each step
+# is sized to finish inside its cap (encoding 60 frames of 1024 px took 12 s for gif + PNG on a
+# 2-core CPU). PROJECTION_TARGET_ARGS / PROJECTION_ARGS / EXPORT_ARGS replace the flags for a dry run
+# without a GPU (e.g. "--device cpu --sizes 32 --steps 3").
+#   projection_target  the issue-7 target, measured: 1000 W-mode LPIPS steps of a 1024 px StyleGAN2
+#   projection_speed   every row (SG2 and SG3-T, 256 and 1024 px, W / W+, LPIPS / pixel): one step
+#                      timed over 50, 1000 steps extrapolated from it
+#   export_speed       render and encode frames/s at 256 and 1024 px (gif, the slowest encoder, and PNG)
+step projection_target 45 $PY bench/projection_speed.py ${PROJECTION_TARGET_ARGS:---sizes 1024 --archs sg2 --steps 1000 --configs w:lpips}
+step projection_speed 60 $PY bench/projection_speed.py ${PROJECTION_ARGS:---steps 50 --extrapolate}
+step export_speed 45 $PY bench/export_speed.py ${EXPORT_ARGS:---formats gif,png}
 
-for name in projection_speed export_speed; do
-    if [ -f "bench/$name.py" ]; then step "$name" 30 $PY "bench/$name.py"; else say "STEP $name: bench/$name.py not present"; fi
-done
+SPEED_CAP=$(( $(left) - 10 ))
+[ "$SPEED_CAP" -gt 240 ] && SPEED_CAP=240
+SPEED_BUDGET=$(( SPEED_CAP > 80 ? SPEED_CAP - 40 : SPEED_CAP / 2 ))   # its own stop, before the hard one
+# GPU_SPEED_ARGS: extra flags, e.g. "--device cpu --quick --sizes 16" for a dry run of this script without a GPU.
+step gpu_speed "$SPEED_CAP" $PY bench/gpu_speed.py --json "$OUT/gpu_speed.json" --budget-s $SPEED_BUDGET ${GPU_SPEED_ARGS:-}
 
 { echo "--- results ---"
   grep -E "^(cpu|cuda) kernels:|^status " "$OUT/build.log" 2>/dev/null
   tail -n 1 "$OUT/pytest_gpu.log" 2>/dev/null
   grep -E "^(FAILED|ERROR) " "$OUT/pytest_gpu.log" 2>/dev/null | head -n 20
+  grep -E "^StyleGAN" "$OUT/projection_target.log" 2>/dev/null | sed 's/^/projection target: /'
   sed -n '/^## targets/,$p' "$OUT/gpu_speed.log" 2>/dev/null
   echo "total $(( $(date +%s) - START ))s"
 } | tee -a "$SUMMARY"

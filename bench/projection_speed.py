@@ -13,8 +13,8 @@ nothing to download.
 Each row times `engine.project` end to end: setup (w_avg from 10000 mapped z, LPIPS built),
 the median step (forward, loss, backward, Adam; CUDA synchronised by the loss read every step),
 and the measured run of --steps steps. Only with --extrapolate is a 1000-step time estimated from
-the median step (marked "est."). The ratio is each row's median step against W mode with LPIPS for
-the same network and size, timed in the same run. Target (issue 7): 1000 W-mode steps of a
+the median step (marked "est."). The ratio is each row's median step against the first of --configs
+(W mode with LPIPS by default) for the same network and size, timed in the same run. Target (issue 7): 1000 W-mode steps of a
 1024 px StyleGAN2 in under 20 s on an H100.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ from generator_speed import ARCHS, COMMON, sync  # noqa: E402  (bench/ is this s
 
 from engine.projector import ProjectionOptions, project  # noqa: E402
 
-CONFIGS = (("w", "lpips"), ("w+", "lpips"), ("w", "pixel"))   # the first is every row's baseline
+CONFIGS = "w:lpips,w+:lpips,w:pixel"   # mode:loss pairs; the first is every row's baseline
 TARGET_STEPS = 1000
 
 
@@ -74,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"steps per run, all measured (default: {TARGET_STEPS} on CUDA, 10 on CPU)")
     p.add_argument("--cmax", type=int,
                    help="cap on channels (default: NVIDIA's 512 on CUDA; 128 on CPU, where 512 takes ~1 s a step)")
+    p.add_argument("--configs", default=CONFIGS,
+                   help=f"mode:loss pairs to time, the first the ratios' baseline (default {CONFIGS})")
     p.add_argument("--extrapolate", action="store_true",
                    help=f"also estimate {TARGET_STEPS} steps from the median measured step")
     return p.parse_args(argv)
@@ -88,6 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     cmax = args.cmax or (512 if cuda else 128)
     if steps < 2:
         raise SystemExit("--steps must be at least 2 (the first step also carries the setup)")
+    configs = [tuple(pair.split(":")) for pair in args.configs.split(",")]
+    if not configs or any(len(c) != 2 or c[0] not in ("w", "w+") or c[1] not in ("lpips", "pixel") for c in configs):
+        raise SystemExit(f"--configs {args.configs!r}: give mode:loss pairs, mode w or w+, loss lpips or pixel")
     where = torch.cuda.get_device_name(device) if cuda else f"{platform.processor() or 'CPU'}, " \
                                                              f"{torch.get_num_threads()} threads"
     print(f"# projection speed on {device} ({where}); torch {torch.__version__}; {steps} steps per run; "
@@ -101,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
             G = make_generator(arch, size, cmax, device)
             target = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
             baseline = None
-            for mode, loss in CONFIGS:
+            for mode, loss in configs:
                 opts = ProjectionOptions(num_steps=steps, mode=mode, loss=loss, lpips_random_backbone=True,
                                          preview_every=0)
                 setup, step, total = time_projection(G, target, opts, device)
