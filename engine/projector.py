@@ -31,7 +31,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 VGG16_FILE = "vgg16-397923af.pth"                    # torchvision's ImageNet VGG16 (IMAGENET1K_V1)
 VGG16_URL = f"https://download.pytorch.org/models/{VGG16_FILE}"
 _LPIPS_MAX_SIDE = 256                                # as NVIDIA's projector: larger images are downsampled
+_CUDA_READ_EVERY = 10                                # steps between loss reads on CUDA (each read waits for the GPU)
+_NOISE_CHUNK = 100                                   # steps of latent noise drawn and moved to the device at once
 _MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)   # Wang et al. 2003, five scales
 
 
@@ -215,21 +217,38 @@ def lpips_loss(opts: ProjectionOptions, device: torch.device | str
 
 
 def _noise_regularizer(noise_bufs: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Sum over maps and pyramid levels of squared one-pixel autocorrelations (StyleGAN2, appendix D)."""
-    reg = noise_bufs[0].new_zeros([])
+    """Sum over maps and pyramid levels of squared one-pixel autocorrelations (StyleGAN2, appendix D).
+
+    Each map is halved (2x2 mean) down to 8 px, and at every level the mean of the map times the map
+    shifted by one pixel, in x and in y, is squared and added. The maps of one size go together, the
+    halved larger maps joining them level by level: about ten stacked levels instead of some seventy
+    map-by-map ones (1024 px), each op of which is a kernel launch and an autograd node every step.
+    """
+    levels: dict[tuple[int, int], list[torch.Tensor]] = {}
     for buf in noise_bufs:
-        v = buf[None, None]                          # [R, R] -> [1, 1, R, R]
-        while True:
-            reg = reg + (v * torch.roll(v, shifts=1, dims=3)).mean() ** 2
-            reg = reg + (v * torch.roll(v, shifts=1, dims=2)).mean() ** 2
-            if v.shape[2] <= 8:
-                break
-            v = F.avg_pool2d(v, kernel_size=2)       # [1, 1, R, R] -> [1, 1, R/2, R/2]
+        levels.setdefault(tuple(buf.shape[-2:]), []).append(buf.reshape(1, 1, *buf.shape[-2:]))
+    reg = noise_bufs[0].new_zeros([])
+    while levels:
+        size = max(levels, key=lambda hw: hw[0] * hw[1])                   # largest first: halves join later
+        v = torch.cat(levels.pop(size))                                     # [k, 1, H, W]
+        for dim in (3, 2):
+            reg = reg + (v * torch.roll(v, shifts=1, dims=dim)).mean(dim=(1, 2, 3)).square().sum()
+        if size[0] > 8:
+            half = F.avg_pool2d(v, kernel_size=2)                           # [k, 1, H/2, W/2]
+            levels.setdefault(tuple(half.shape[-2:]), []).append(half)
     return reg
 
 
 # ---------------------------------------------------------------------------------------------
 # The job
+
+def _latent_noise(gen: torch.Generator, shape: tuple[int, ...], num_steps: int, device: torch.device
+                  ) -> Iterator[torch.Tensor]:
+    """Standard normal noise of `shape` for each step, drawn on the CPU (the same numbers on every device)
+    `_NOISE_CHUNK` steps at a time, so the device gets one copy per chunk instead of a blocking one per step."""
+    for start in range(0, num_steps, _NOISE_CHUNK):
+        yield from torch.randn([min(_NOISE_CHUNK, num_steps - start), *shape], generator=gen).to(device)
+
 
 def _learning_rate(opts: ProjectionOptions, t: float) -> float:
     ramp = min(1.0, (1.0 - t) / opts.lr_rampdown_length)
@@ -286,8 +305,9 @@ def project(G: Any, target_image_uint8: np.ndarray, opts: ProjectionOptions = Pr
         G: a StyleGAN2 or StyleGAN3 generator (G_ema), as the loader returns it.
         target_image_uint8: uint8 [R, R, C] at the network's resolution (see engine.photo.load_photo).
         opts: the schedule and loss; the defaults are NVIDIA's.
-        progress: receives Progress(step, total, message, preview, metrics={"loss", "lr"}) each step,
-            with the current image as `preview` every `opts.preview_every` steps and at the end.
+        progress: receives Progress(step, total, message, preview, metrics={"loss", "lr"}) for each step,
+            with the current image as `preview` every `opts.preview_every` steps and at the end; on CUDA
+            the events of up to ten steps arrive together (their losses are read from the GPU at once).
         cancel: checked before every step.
         device: where to optimise; default the generator's device (G is copied when it differs).
     Returns:
@@ -323,12 +343,16 @@ def project(G: Any, target_image_uint8: np.ndarray, opts: ProjectionOptions = Pr
     for name in noise_names:
         shape = dict(G.synthesis.named_buffers())[name].shape
         noise_bufs[name] = torch.randn(shape, generator=gen).to(device).requires_grad_(True)
-    optimizer = torch.optim.Adam([w_opt, *noise_bufs.values()], betas=(0.9, 0.999), lr=opts.initial_lr)
+    # Fused Adam: one kernel for all parameters on CUDA instead of a few per parameter.
+    optimizer = torch.optim.Adam([w_opt, *noise_bufs.values()], betas=(0.9, 0.999), lr=opts.initial_lr,
+                                 fused=True if device.type == "cuda" else None)
+    latent_noise = _latent_noise(gen, tuple(w_opt.shape), opts.num_steps, device)
 
     def synthesize(ws: torch.Tensor) -> torch.Tensor:                       # [1, num_ws, w_dim] -> img
         return functional_call(G.synthesis, noise_bufs, (ws,), {"noise_mode": "const"}).float()
 
     losses: list[float] = []
+    unread: list[tuple[torch.Tensor, float]] = []                          # (loss on the device, lr) per step
     img = None
     for step in range(opts.num_steps):
         if cancel is not None:
@@ -341,7 +365,7 @@ def project(G: Any, target_image_uint8: np.ndarray, opts: ProjectionOptions = Pr
 
         shared = opts.mode == "w+" and t < opts.w_plus_from                 # W+ starting in W
         w_cur = w_opt.mean(dim=1, keepdim=True) if shared else w_opt        # [1, 1 | num_ws, w_dim]
-        w_noise = torch.randn(w_cur.shape, generator=gen).to(device) * noise_scale
+        w_noise = next(latent_noise)[:, :w_cur.shape[1]] * noise_scale      # [1, 1 | num_ws, w_dim]
         ws = (w_cur + w_noise).expand(1, num_ws, -1)                        # [1, num_ws, w_dim]
         img = synthesize(ws)                                                # [1, C, R, R]
         if lpips_model is not None:
@@ -357,15 +381,24 @@ def project(G: Any, target_image_uint8: np.ndarray, opts: ProjectionOptions = Pr
             for buf in noise_bufs.values():
                 buf -= buf.mean()
                 buf *= buf.square().mean().rsqrt()
-        losses.append(float(dist.detach()))
+        unread.append((dist.detach(), lr))
 
-        if progress is not None:
-            done = step + 1
-            preview = None
-            if opts.preview_every > 0 and (done % opts.preview_every == 0 or done == opts.num_steps):
-                preview = to_uint8(img)[0]                                  # [R, R, C], a fresh array
-            progress(Progress(done, opts.num_steps, f"projecting ({loss_kind}) loss {losses[-1]:.4f}",
-                              preview=preview, metrics={"loss": losses[-1], "lr": lr}))
+        done = step + 1
+        preview_due = opts.preview_every > 0 and (done % opts.preview_every == 0 or done == opts.num_steps)
+        # Reading a loss waits for the device. On CUDA the losses are read a few steps at a time, so the
+        # host queues the next steps while the GPU works; on the CPU a read costs nothing.
+        if device.type == "cuda" and not preview_due and done % _CUDA_READ_EVERY and done < opts.num_steps:
+            continue
+        first = done - len(unread) + 1
+        values = torch.stack([value for value, _ in unread]).tolist()      # one wait for the batch
+        for i, (value, (_, step_lr)) in enumerate(zip(values, unread)):
+            losses.append(value)
+            if progress is not None:
+                at = first + i
+                preview = to_uint8(img)[0] if preview_due and at == done else None   # [R, R, C], a fresh array
+                progress(Progress(at, opts.num_steps, f"projecting ({loss_kind}) loss {value:.4f}",
+                                  preview=preview, metrics={"loss": value, "lr": step_lr}))
+        unread.clear()
 
     with torch.no_grad():
         ws_final = w_opt.detach().expand(1, num_ws, -1).float()             # [1, num_ws, w_dim]

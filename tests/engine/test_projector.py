@@ -14,7 +14,8 @@ from engine.errors import Cancelled, CorruptFileError
 from engine.images import to_uint8
 from engine.jobs import CancelToken
 from engine.networks import stylegan2
-from engine.projector import VGG16_FILE, VGG16_URL, ProjectionOptions, ms_ssim, project, save_projection
+from engine.projector import (VGG16_FILE, VGG16_URL, ProjectionOptions, _latent_noise, _noise_regularizer, ms_ssim,
+                              project, save_projection)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,27 +64,32 @@ def test_w_plus_pixel_loss_recovers_a_generated_image_and_its_w():
     image barely depends on wander when all layers are free from the start (measured on this net:
     mean row distance 0.75x a random pair's, at 33 dB). Running the first 75% of the steps in W
     (w_plus_from=0.75) keeps the rows together until the layers part for the last, ramped-down
-    quarter: measured 0.12x a random pair's, at 38.6 dB.
+    quarter: measured 0.12-0.15x a random pair's, at 38 dB, for most seeds. For about one seed in
+    eight (2 of 12 here, whatever the order the latent noise is drawn in) the search settles in a
+    farther basin instead (0.5x, 33 dB), as projections of real photos sometimes do; so five seeds,
+    and four of them must find the true w.
     """
     G = tiny_generator()
     ws_true, target = generated_target(G)
     before = {k: v.clone() for k, v in G.state_dict().items()}
-    result = project(G, target, ProjectionOptions(num_steps=200, mode="w+", loss="pixel", w_avg_samples=2000,
-                                                  w_plus_from=0.75))
-    assert result.ws.dtype == np.float32 and result.ws.shape == (1, G.num_ws, G.w_dim)
-    assert result.image.shape == target.shape and result.image.dtype == np.uint8
-    assert result.steps_done == 200 and len(result.losses) == 200 and result.loss_used == "pixel"
-    assert psnr(result.image, target) >= 28
-    # every layer has its own w (it is W+), and each is close to the true w
-    assert not np.array_equal(result.ws[0, 0], result.ws[0, -1])
-    rows = np.linalg.norm(result.ws[0] - ws_true[0].numpy(), axis=1)               # [num_ws]
     pair = random_pair_distance(G)
-    assert rows.mean() < 0.25 * pair, (rows, pair)
-    assert rows.max() < 0.4 * pair, (rows, pair)
-    # The ws found renders the image it reports; the network itself was not changed.
-    with torch.no_grad():
-        again = to_uint8(G.synthesis(torch.from_numpy(result.ws), noise_mode="const"))[0]
-    assert np.array_equal(again, result.image)
+    found = 0
+    for seed in range(5):
+        result = project(G, target, ProjectionOptions(num_steps=200, mode="w+", loss="pixel", w_avg_samples=2000,
+                                                      w_plus_from=0.75, seed=seed))
+        assert result.ws.dtype == np.float32 and result.ws.shape == (1, G.num_ws, G.w_dim)
+        assert result.image.shape == target.shape and result.image.dtype == np.uint8
+        assert result.steps_done == 200 and len(result.losses) == 200 and result.loss_used == "pixel"
+        assert psnr(result.image, target) >= 28
+        # every layer has its own w (it is W+), and each is close to the true w
+        assert not np.array_equal(result.ws[0, 0], result.ws[0, -1])
+        rows = np.linalg.norm(result.ws[0] - ws_true[0].numpy(), axis=1)           # [num_ws]
+        found += rows.mean() < 0.25 * pair and rows.max() < 0.4 * pair
+        # The ws found renders the image it reports; the network itself was not changed.
+        with torch.no_grad():
+            again = to_uint8(G.synthesis(torch.from_numpy(result.ws), noise_mode="const"))[0]
+        assert np.array_equal(again, result.image)
+    assert found >= 4
     assert all(torch.equal(v, before[k]) for k, v in G.state_dict().items())
 
 
@@ -235,3 +241,74 @@ def test_stylegan3_projects_without_noise_maps():
     result = project(G, target, ProjectionOptions(num_steps=15, mode="w+", loss="pixel", w_avg_samples=200))
     assert result.ws.shape == (1, G.num_ws, 16)
     assert result.losses[-1] < result.losses[0]
+
+
+def autocorrelation_penalty(maps: list[np.ndarray]) -> float:
+    """The noise regulariser written out map by map in float64 numpy (StyleGAN2 paper, appendix D)."""
+    total = 0.0
+    for v in maps:
+        v = v.astype(np.float64)
+        while True:
+            total += np.mean(v * np.roll(v, 1, axis=1)) ** 2 + np.mean(v * np.roll(v, 1, axis=0)) ** 2
+            if v.shape[0] <= 8:
+                break
+            v = v.reshape(v.shape[0] // 2, 2, v.shape[1] // 2, 2).mean(axis=(1, 3))   # 2x2 means
+    return total
+
+
+def test_noise_regularizer_is_the_map_by_map_penalty_and_its_gradient_is_exact():
+    """The regulariser stacks maps of one size and halves them together; it must still be the sum over
+    maps of the map-by-map pyramid penalty, with the exact gradient."""
+    G = tiny_generator(64)
+    gen = torch.Generator().manual_seed(1)
+    maps = [torch.randn(buf.shape, generator=gen) for name, buf in G.synthesis.named_buffers()
+            if name.endswith("noise_const")]
+    assert sorted(m.shape[0] for m in maps) == [4, 8, 8, 16, 16, 32, 32, 64, 64]
+    smooth = [m + 0.8 * torch.roll(m, 1, 0) + 0.5 * torch.roll(m, 1, 1) for m in maps]   # correlated
+    for case in (maps, smooth):
+        assert float(_noise_regularizer(case)) == pytest.approx(
+            autocorrelation_penalty([m.numpy() for m in case]), rel=1e-5)
+    assert float(_noise_regularizer(smooth)) > 10 * float(_noise_regularizer(maps))      # measured 38x
+    small = [m[:16, :16].double().requires_grad_(True) for m in smooth[:6]]              # 4, 8, 8, 16, 16 px
+    assert torch.autograd.gradcheck(lambda *bufs: _noise_regularizer(bufs), small)
+
+
+def test_latent_noise_is_the_same_stream_in_chunks_and_per_step():
+    """Drawn 100 steps at a time (one copy to the device per chunk), the noise is still a fresh standard
+    normal draw per step, the same for any number of steps up to where a run stops."""
+    shape = (1, 6, 32)
+    short = list(_latent_noise(torch.Generator().manual_seed(3), shape, 150, torch.device("cpu")))
+    long = list(_latent_noise(torch.Generator().manual_seed(3), shape, 250, torch.device("cpu")))
+    assert len(short) == 150 and len(long) == 250 and all(n.shape == shape for n in long)
+    assert all(torch.equal(a, b) for a, b in zip(short[:100], long[:100]))
+    stacked = torch.stack(long)                                                          # [250, 1, 6, 32]
+    assert abs(float(stacked.mean())) < 0.02 and abs(float(stacked.std()) - 1) < 0.02
+    assert not torch.equal(long[0], long[1])
+
+
+@pytest.mark.gpu
+def test_projection_on_cuda_reports_every_step_in_order_and_finds_the_image():
+    """On CUDA the losses are read ten steps at a time: every step must still be reported, in order,
+    with its own loss and the previews where asked, and the image must be found as on the CPU."""
+    G = tiny_generator()
+    _, target = generated_target(G)
+    G = G.cuda()
+    events = []
+    result = project(G, target, ProjectionOptions(num_steps=200, mode="w", loss="pixel", w_avg_samples=2000,
+                                                  preview_every=25), progress=events.append)
+    assert [e.step for e in events] == list(range(1, 201))
+    assert [e.step for e in events if e.preview is not None] == list(range(25, 201, 25))
+    assert [e.metrics["loss"] for e in events] == result.losses and len(result.losses) == 200
+    assert psnr(result.image, target) >= 28
+
+    token, seen = CancelToken(), []
+
+    def progress(event):
+        seen.append(event.step)
+        if event.step == 7:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        project(G, target, ProjectionOptions(num_steps=100, loss="pixel", w_avg_samples=200), progress=progress,
+                cancel=token)
+    assert seen == list(range(1, len(seen) + 1)) and 7 <= seen[-1] <= 7 + 10   # no step after the next check
