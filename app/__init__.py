@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 # Flags main.py routes to the app rather than the command line.
 APP_FLAGS = ("--network", "--device", "--seeds", "--screenshot", "--screenshot-panel", "--screenshot-timeout", "--session")
-PANELS = ("mixing", "truncation", "noise", "model", "finetune", "animation")
+PANELS = ("mixing", "truncation", "noise", "model", "finetune", "projection", "animation")  # the window's docks
 
 
 def build_parser() -> argparse.ArgumentParser:

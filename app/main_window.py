@@ -168,7 +168,7 @@ class MainWindow(QMainWindow):
         return dock
 
     def show_panel(self, key: str) -> None:
-        """Make dock `key` (mixing, truncation, noise, model, finetune, projection) visible and raised."""
+        """Make dock `key` (one of app.PANELS) visible and raised."""
         dock = self.docks[key]
         dock.show()
         dock.raise_()

@@ -7,7 +7,7 @@ never shared); pivotal tuning follows in the same job. Progress events bring the
 reconstruction (every few steps) beside the target, a point on the loss plot (projection and
 tuning as two curves) and the progress bar. When it ends, `projected(source)` carries an
 `engine.Source.from_latent(result.ws, label="photo: <name>")` (the window puts it in as the base)
-and "Save projection..." writes NVIDIA's files, plus the tuning's compact delta when it ran.
+and "Save..." writes NVIDIA's files, plus the tuning's compact delta when it ran.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from app.widgets import error_label, row, show_error
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-PREVIEW_SIZE = 160              # px, the side of the target and reconstruction previews
+PREVIEW_SIZE = 150              # px, the side of the target and reconstruction previews
 DEFAULT_PREVIEW_RESOLUTION = 256  # the target preview's size before a network is open
 
 
@@ -173,9 +173,10 @@ class ProjectionPanel(QWidget):
         self.fit_combo.addItem("pad", "pad")
         self.fit_combo.currentIndexChanged.connect(lambda _i: self._refresh_target())
         form.addRow("Make square", self.fit_combo)
-        self.align_check = QCheckBox("Align face (FFHQ crop from eyes and mouth)")
-        self.align_check.setToolTip("Crop the face as the FFHQ dataset does, from dlib's 68 landmarks; without a "
-                                    "detector or a face, the square above is used and the status says so")
+        self.align_check = QCheckBox("Align face (FFHQ crop)")
+        self.align_check.setToolTip("Crop the face as the FFHQ dataset does, from the eyes and mouth among dlib's 68 "
+                                    "landmarks; without a detector or a face, the square above is used and the "
+                                    "status says so")
         self.align_check.toggled.connect(lambda _on: self._refresh_target())
         form.addRow("", self.align_check)
         self.steps_spin = QSpinBox()
@@ -191,9 +192,9 @@ class ProjectionPanel(QWidget):
         self.loss_combo.addItem("pixel (MSE + MS-SSIM)", "pixel")
         self.loss_combo.setToolTip("LPIPS needs torchvision's VGG16 weights; without them the pixel loss is used")
         form.addRow("Loss", self.loss_combo)
-        self.pti_check = QCheckBox("Pivotal tuning after projection")
-        self.pti_check.setToolTip("Fine-tune the network around the latent for a near-exact reconstruction; "
-                                  "the change is kept as a compact low-rank delta (Save projection writes it)")
+        self.pti_check = QCheckBox("Pivotal tuning")
+        self.pti_check.setToolTip("After the projection, fine-tune the network around the latent for a near-exact "
+                                  "reconstruction; the change is kept as a compact low-rank delta (Save projection writes it)")
         self.pti_steps_spin = QSpinBox()
         self.pti_steps_spin.setRange(1, 100_000)
         self.pti_steps_spin.setValue(engine.PTIOptions().steps)
@@ -210,8 +211,9 @@ class ProjectionPanel(QWidget):
         self.start_button.clicked.connect(self.start)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancel)
-        self.save_button = QPushButton("Save projection...")
-        self.save_button.setToolTip("proj.png, target.png and projected_w.npz, as NVIDIA's projector writes them")
+        self.save_button = QPushButton("Save...")
+        self.save_button.setToolTip("Save projection: proj.png, target.png and projected_w.npz, as NVIDIA's projector "
+                                    "writes them")
         self.save_button.clicked.connect(self._choose_save_folder)
         layout.addWidget(row(self.start_button, self.cancel_button, self.save_button))
         self.progress_bar = QProgressBar()

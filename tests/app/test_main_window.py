@@ -177,3 +177,12 @@ def test_arrow_keys_step_the_base_seed(qtbot, main_window):
     with qtbot.waitSignal(w.render_controller.shown, timeout=T):
         w.source_strip.cards[0].random_button.click()
     assert w.session.state.sources[0].seed == box.value()
+
+
+def test_every_dock_can_be_raised_by_its_screenshot_panel_name(main_window):
+    """`--screenshot-panel` offers exactly the window's docks, and each comes up when asked."""
+    from app import PANELS
+    assert set(PANELS) == set(main_window.docks)
+    for key in PANELS:
+        main_window.show_panel(key)
+        assert main_window.docks[key].isVisible()
