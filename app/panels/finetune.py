@@ -296,6 +296,7 @@ class FinetunePanel(QWidget):
         box = QGroupBox("Losses and augmentation")
         v = QVBoxLayout(box)
         self.loss_plot = pg.PlotWidget()
+        self.loss_plot.setBackground("w")              # as the projection plot; the colours are for white
         self.loss_plot.setMinimumHeight(150)
         self.loss_plot.setMaximumHeight(230)           # the sample grid below must stay in view
         self.loss_plot.setLabel("bottom", "kimg")
@@ -303,6 +304,7 @@ class FinetunePanel(QWidget):
         self.loss_plot.addLegend(offset=(5, 5))
         self.loss_plot.showGrid(x=True, y=True, alpha=0.2)
         self.aug_plot = pg.PlotWidget()
+        self.aug_plot.setBackground("w")
         self.aug_plot.setMinimumHeight(90)
         self.aug_plot.setMaximumHeight(120)
         self.aug_plot.setLabel("bottom", "kimg")
