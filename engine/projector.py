@@ -242,6 +242,11 @@ def _noise_regularizer(noise_bufs: Sequence[torch.Tensor]) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # The job
 
+def _loss_read_every(device: torch.device) -> int:
+    """Steps between loss reads: a read waits for the device, which costs nothing on the CPU."""
+    return _CUDA_READ_EVERY if device.type == "cuda" else 1
+
+
 def _latent_noise(gen: torch.Generator, shape: tuple[int, ...], num_steps: int, device: torch.device
                   ) -> Iterator[torch.Tensor]:
     """Standard normal noise of `shape` for each step, drawn on the CPU (the same numbers on every device)
@@ -353,6 +358,7 @@ def project(G: Any, target_image_uint8: np.ndarray, opts: ProjectionOptions = Pr
 
     losses: list[float] = []
     unread: list[tuple[torch.Tensor, float]] = []                          # (loss on the device, lr) per step
+    read_every = _loss_read_every(device)
     img = None
     for step in range(opts.num_steps):
         if cancel is not None:
@@ -385,9 +391,9 @@ def project(G: Any, target_image_uint8: np.ndarray, opts: ProjectionOptions = Pr
 
         done = step + 1
         preview_due = opts.preview_every > 0 and (done % opts.preview_every == 0 or done == opts.num_steps)
-        # Reading a loss waits for the device. On CUDA the losses are read a few steps at a time, so the
-        # host queues the next steps while the GPU works; on the CPU a read costs nothing.
-        if device.type == "cuda" and not preview_due and done % _CUDA_READ_EVERY and done < opts.num_steps:
+        # Reading a loss waits for the device: on CUDA the losses are read a few steps at a time, so the
+        # host goes on queueing steps while the GPU works.
+        if not preview_due and done % read_every and done < opts.num_steps:
             continue
         first = done - len(unread) + 1
         values = torch.stack([value for value, _ in unread]).tolist()      # one wait for the batch

@@ -286,6 +286,36 @@ def test_latent_noise_is_the_same_stream_in_chunks_and_per_step():
     assert not torch.equal(long[0], long[1])
 
 
+def test_losses_read_in_batches_still_report_every_step_in_order(monkeypatch):
+    """As on CUDA, where losses are read from the GPU a few steps at a time (here every 7 steps, with
+    previews every 5): the same events, losses and previews as reading every step, and a cancel
+    raised in a batch's events stops before the next step."""
+    import engine.projector
+    G = tiny_generator()
+    _, target = generated_target(G)
+    opts = ProjectionOptions(num_steps=30, mode="w+", loss="pixel", preview_every=5, w_avg_samples=200)
+    each, batched = [], []
+    project(G, target, opts, progress=each.append)
+    monkeypatch.setattr(engine.projector, "_loss_read_every", lambda device: 7)
+    result = project(G, target, opts, progress=batched.append)
+    assert [e.step for e in batched] == list(range(1, 31))
+    assert [e.metrics for e in batched] == [e.metrics for e in each]
+    assert [e.metrics["loss"] for e in batched] == result.losses
+    assert [e.step for e in batched if e.preview is not None] == [5, 10, 15, 20, 25, 30]
+    assert all(np.array_equal(a.preview, b.preview) for a, b in zip(batched, each) if a.preview is not None)
+
+    token, seen = CancelToken(), []
+
+    def progress(event):
+        seen.append(event.step)
+        if event.step == 6:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        project(G, target, opts, progress=progress, cancel=token)
+    assert seen == list(range(1, 8))                  # steps 6 and 7 were read together; no step 8
+
+
 @pytest.mark.gpu
 def test_projection_on_cuda_reports_every_step_in_order_and_finds_the_image():
     """On CUDA the losses are read ten steps at a time: every step must still be reported, in order,
