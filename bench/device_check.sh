@@ -11,7 +11,7 @@
 # (mp4 export needs imageio-ffmpeg, absent there and its wheel, 68 MB, over the 64 MiB a call carries:
 # export_speed times gif and PNG frames there, the other two encoders are measured on CPUs.)
 #
-# What it does, each step under its own `timeout` (build 150 s, pytest 180 s, projection_target 45 s,
+# What it does, each step under its own `timeout` (build 150 s, pytest 180 s, projection_target 60 s,
 # projection_speed 75 s, export_speed 45 s, then gpu_speed what is left less 10 s but at most 240 s), all
 # within DEVICE_CHECK_BUDGET_S (default 540 s; with the machine's start, about 11-12 of a session's 15
 # device minutes):
@@ -102,7 +102,7 @@ step pytest_gpu 180 $PY -m pytest -m gpu -v -p no:cacheprovider -o addopts="" -r
 #   projection_speed   every row (SG2 and SG3-T, 256 and 1024 px, W / W+, LPIPS / pixel) and the
 #                      NVIDIA-style loop as baseline: one step timed over 50, 1000 steps extrapolated
 #   export_speed       render and encode frames/s at 256 and 1024 px (gif, the slowest encoder, and PNG)
-step projection_target 45 $PY bench/projection_speed.py ${PROJECTION_TARGET_ARGS:---sizes 1024 --archs sg2 --steps 1000 --configs w:lpips --no-baseline}
+step projection_target 60 $PY bench/projection_speed.py ${PROJECTION_TARGET_ARGS:---sizes 1024 --archs sg2 --steps 1000 --configs w:lpips --no-baseline}
 step projection_speed 75 $PY bench/projection_speed.py ${PROJECTION_ARGS:---steps 50 --extrapolate}
 step export_speed 45 $PY bench/export_speed.py ${EXPORT_ARGS:---formats gif,png}
 
