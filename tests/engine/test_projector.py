@@ -50,6 +50,20 @@ def w_avg_estimate(G: torch.nn.Module) -> np.ndarray:
     return G.mapping(torch.randn([2000, G.z_dim]), None)[:, :1].mean(0, keepdim=True).numpy()
 
 
+def cancelled_at(G: torch.nn.Module, target: np.ndarray, opts: ProjectionOptions, step: int) -> list:
+    """Run a projection whose progress callback cancels it at `step`; the events it received."""
+    token, events = CancelToken(), []
+
+    def progress(event):
+        events.append(event)
+        if event.step == step:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        project(G, target, opts, progress=progress, cancel=token)
+    return events
+
+
 def random_pair_distance(G: torch.nn.Module) -> float:
     """Mean distance between two random w of G: the scale against which 'close' is measured."""
     with torch.no_grad():
@@ -127,16 +141,8 @@ def test_lpips_random_backbone_improves_markedly():
 def test_progress_streams_previews_and_cancel_stops_within_one_step():
     G = tiny_generator()
     _, target = generated_target(G)
-    token, events = CancelToken(), []
-
-    def progress(event):
-        events.append(event)
-        if event.step == 7:
-            token.cancel()
-
-    with pytest.raises(Cancelled):
-        project(G, target, ProjectionOptions(num_steps=100, loss="pixel", preview_every=5, w_avg_samples=200),
-                progress=progress, cancel=token)
+    events = cancelled_at(G, target, ProjectionOptions(num_steps=100, loss="pixel", preview_every=5,
+                                                      w_avg_samples=200), 7)
     assert events[-1].step == 7                       # no step ran after the one that cancelled
     previews = [e for e in events if e.preview is not None]
     assert [e.step for e in previews] == [5]
@@ -304,15 +310,7 @@ def test_losses_read_in_batches_still_report_every_step_in_order(monkeypatch):
     assert [e.step for e in batched if e.preview is not None] == [5, 10, 15, 20, 25, 30]
     assert all(np.array_equal(a.preview, b.preview) for a, b in zip(batched, each) if a.preview is not None)
 
-    token, seen = CancelToken(), []
-
-    def progress(event):
-        seen.append(event.step)
-        if event.step == 6:
-            token.cancel()
-
-    with pytest.raises(Cancelled):
-        project(G, target, opts, progress=progress, cancel=token)
+    seen = [e.step for e in cancelled_at(G, target, opts, 6)]
     assert seen == list(range(1, 8))                  # steps 6 and 7 were read together; no step 8
 
 
@@ -331,14 +329,6 @@ def test_projection_on_cuda_reports_every_step_in_order_and_finds_the_image():
     assert [e.metrics["loss"] for e in events] == result.losses and len(result.losses) == 200
     assert psnr(result.image, target) >= 28
 
-    token, seen = CancelToken(), []
-
-    def progress(event):
-        seen.append(event.step)
-        if event.step == 7:
-            token.cancel()
-
-    with pytest.raises(Cancelled):
-        project(G, target, ProjectionOptions(num_steps=100, loss="pixel", w_avg_samples=200), progress=progress,
-                cancel=token)
+    seen = [e.step for e in cancelled_at(G, target, ProjectionOptions(num_steps=100, loss="pixel", w_avg_samples=200),
+                                         7)]
     assert seen == list(range(1, len(seen) + 1)) and 7 <= seen[-1] <= 7 + 10   # no step after the next check
