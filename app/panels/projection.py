@@ -194,7 +194,7 @@ class ProjectionPanel(QWidget):
         form.addRow("Loss", self.loss_combo)
         self.pti_check = QCheckBox("Pivotal tuning")
         self.pti_check.setToolTip("After the projection, fine-tune the network around the latent for a near-exact "
-                                  "reconstruction; the change is kept as a compact low-rank delta (Save projection writes it)")
+                                  "reconstruction; the change is kept as a compact low-rank delta (Save... writes it)")
         self.pti_steps_spin = QSpinBox()
         self.pti_steps_spin.setRange(1, 100_000)
         self.pti_steps_spin.setValue(engine.PTIOptions().steps)
