@@ -456,7 +456,7 @@ class ProjectionPanel(QWidget):
         lines.append(f"Done: {result.steps_done} steps, final loss {final}{used}.")
         if tuned is not None:
             lines.append(f"Pivotal tuning, {tuned.report.summary()}. The editor renders the untuned network; "
-                         "Save projection writes the tuning as pti_delta.safetensors.")
+                         "Save... writes the tuning as pti_delta.safetensors.")
         self.status_label.setText("\n".join(lines))
         self._set_running(False)
         self.projected.emit(engine.Source.from_latent(result.ws, label=f"photo: {name}"))
