@@ -19,7 +19,7 @@ from engine.latents import (GROUP_NAMES, NOISE_MODES, LatentCache, LayerGroup, N
                             parse_range_list, parse_styles, seed_to_z, set_mix_weight, truncate, ws_resolutions)
 from engine.loader import convert_network, load_network, network_info, provenance, provenance_lines
 from engine.networks.stylegan3 import input_transform
-from engine.photo import PreparedPhoto, load_photo, prepare_photo
+from engine.photo import PHOTO_SUFFIXES, PreparedPhoto, load_photo, prepare_photo
 from engine.projector import ProjectionOptions, ProjectionResult, lpips_loss, project, save_projection
 from engine.pti import (PTIOptions, PTIResult, TunedPhoto, apply_delta, load_delta, pivotal_tune, save_delta,
                         tune_projection)
@@ -52,9 +52,9 @@ __all__ = [
     "EditState", "from_json", "group_amount", "initial_state", "load_session", "save_session", "set_group_amount",
     "to_json", "with_base", "with_source", "without_source",
     # projection
-    "PTIOptions", "PTIResult", "PreparedPhoto", "ProjectionOptions", "ProjectionResult", "TunedPhoto", "apply_delta",
-    "load_delta", "load_photo", "lpips_loss", "pivotal_tune", "prepare_photo", "project", "save_delta",
-    "save_projection", "tune_projection",
+    "PHOTO_SUFFIXES", "PTIOptions", "PTIResult", "PreparedPhoto", "ProjectionOptions", "ProjectionResult",
+    "TunedPhoto", "apply_delta", "load_delta", "load_photo", "lpips_loss", "pivotal_tune", "prepare_photo", "project",
+    "save_delta", "save_projection", "tune_projection",
     # rendering and saved images
     "RenderOptions", "RenderResult", "Renderer", "read_image_recipe", "recipe_sidecar", "save_image",
     # animations

@@ -497,10 +497,9 @@ def cmd_make_dataset(args: argparse.Namespace) -> int:
 def cmd_project(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from engine.photo import prepare_photo
+    from engine.photo import PHOTO_SUFFIXES, prepare_photo
     from engine.projector import ProjectionOptions, project, save_projection
     from engine.pti import PTIOptions
-    from engine.training.dataset import IMAGE_EXTENSIONS
 
     given = {f.name: getattr(args, f.name) for f in fields(ProjectionOptions) if getattr(args, f.name, None) is not None}
     if args.save_video:
@@ -511,9 +510,9 @@ def cmd_project(args: argparse.Namespace) -> int:
                                                         ("rank", args.pti_rank)) if value is not None})
     target = Path(args.target)
     if target.is_dir():                                                  # batch: one subfolder per photo
-        photos = sorted(p for p in target.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        photos = sorted(p for p in target.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
         if not photos:
-            raise StyleDeckError(f"{target} holds no photos ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
+            raise StyleDeckError(f"{target} holds no photos ({', '.join(PHOTO_SUFFIXES)}).")
         jobs = [(p, Path(args.outdir) / p.stem) for p in photos]
     elif target.exists():
         jobs = [(target, Path(args.outdir))]

@@ -23,9 +23,12 @@ from engine.errors import CorruptFileError
 from engine.face_align import FaceAlignUnavailable, NoFaceFound, align_face
 from engine.training.dataset import UnusableImage, decode_image, prepare_image
 
-__all__ = ["PreparedPhoto", "decode_photo", "load_photo", "prepare_photo"]
+__all__ = ["PHOTO_SUFFIXES", "PreparedPhoto", "decode_photo", "load_photo", "prepare_photo"]
 
 log = logging.getLogger(__name__)
+
+# What decode_photo reads: a folder of photos is scanned for these, and the open dialog offers them.
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)

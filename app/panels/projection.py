@@ -29,7 +29,6 @@ from app.widgets import error_label, row, show_error
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 PREVIEW_SIZE = 150              # px, the side of the target and reconstruction previews
 DEFAULT_PREVIEW_RESOLUTION = 256  # the target preview's size before a network is open
 
@@ -272,7 +271,7 @@ class ProjectionPanel(QWidget):
 
     # --- the photo -------------------------------------------------------------------------------
     def _choose_photo(self) -> None:
-        patterns = " ".join(f"*{s}" for s in IMAGE_SUFFIXES)
+        patterns = " ".join(f"*{s}" for s in engine.PHOTO_SUFFIXES)
         path, _ = QFileDialog.getOpenFileName(self, "Open photo", "", f"Images ({patterns});;All files (*)")
         if path:
             self.set_photo(path)
@@ -351,7 +350,7 @@ class ProjectionPanel(QWidget):
             return None
         for url in mime.urls():
             path = url.toLocalFile()
-            if path.lower().endswith(IMAGE_SUFFIXES):
+            if path.lower().endswith(engine.PHOTO_SUFFIXES):
                 return path
         return None
 

@@ -48,15 +48,17 @@ def test_project_a_folder_one_subfolder_per_photo_and_skip_broken(network, tmp_p
     photos.mkdir()
     iio.imwrite(photos / "a.png", image)
     iio.imwrite(photos / "b.jpg", image)
+    iio.imwrite(photos / "d.tif", image)            # any format the photo loader reads is a photo
     (photos / "c.png").write_bytes(b"")
+    (photos / "notes.txt").write_text("not a photo")
     result = run("project", "--network", net, "--target", photos, "--num-steps", "3", "--loss", "pixel",
                  "--save-video", "0", "--fit", "pad", "--outdir", tmp_path / "out", "--device", "cpu", cwd=tmp_path)
     stderr = failed(result, 1)                      # one photo was broken: exit 1, the others done
     assert "c.png is empty" in stderr
-    for name in ("a", "b"):
+    for name in ("a", "b", "d"):
         assert sorted(p.name for p in (tmp_path / "out" / name).iterdir()) == ["proj.png", "projected_w.npz",
                                                                               "target.png"]
-    assert not (tmp_path / "out" / "c").exists()
+    assert not (tmp_path / "out" / "c").exists() and not (tmp_path / "out" / "notes").exists()
 
 
 def test_project_a_corrupt_photo_is_a_clear_error(network, tmp_path):
