@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from generator_speed import ARCHS, COMMON, sync  # noqa: E402  (bench/ is this script's folder)
 
-from engine.projector import (ProjectionOptions, _for_lpips, _learning_rate, _lpips_model,  # noqa: E402
-                              _target_tensor, _w_stats, project)
+from engine.projector import (ProjectionOptions, _for_lpips, _learning_rate, _loss_read_every,  # noqa: E402
+                              _lpips_model, _target_tensor, _w_stats, project)
 
 CONFIGS = "w:lpips,w+:lpips,w:pixel"   # mode:loss pairs of engine.project to time
 TARGET_STEPS = 1000
@@ -97,12 +97,13 @@ def nvidia_style_project(G: torch.nn.Module, target_uint8: np.ndarray, opts: Pro
 
 
 def time_projection(run: Callable[..., Any], G: torch.nn.Module, target: np.ndarray, opts: ProjectionOptions,
-                    device: torch.device) -> tuple[float, float, float]:
+                    device: torch.device, read_every: int) -> tuple[float, float, float]:
     """(setup s, mean step s, measured steps s) of one run of `run` (engine.project or the baseline).
 
-    Progress events may come a few steps at a time (engine.project reads losses in batches on CUDA),
-    so the clock is read at the first event (step k) and the last (step N): a step is their difference
-    over N - k, and setup is the time to the first event less k steps.
+    A run that reads its losses from the device every `read_every` steps delivers its progress events in
+    batches, all after the batch's last step; so the clock is read at the event of step k = read_every
+    (the first batch's last step, done when it arrives) and at the event of the last step N. A step is
+    the time between the two over N - k; setup is the time to step k less k steps.
     """
     stamps: dict[int, float] = {}
 
@@ -114,8 +115,8 @@ def time_projection(run: Callable[..., Any], G: torch.nn.Module, target: np.ndar
     sync(device)
     start = time.perf_counter()
     run(G, target, opts, progress=progress, device=device)
-    first, last = min(stamps), max(stamps)
-    step = (stamps[last] - stamps[first]) / (last - first) if last > first else stamps[last] - start
+    first, last = read_every, max(stamps)
+    step = (stamps[last] - stamps[first]) / (last - first)
     setup = max(0.0, stamps[first] - start - first * step)
     return setup, step, stamps[last] - start - setup
 
@@ -163,8 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     sizes = [int(s) for s in (args.sizes or ("256,1024" if cuda else "64,128")).split(",")]
     steps = args.steps or (TARGET_STEPS if cuda else 4)
     cmax = args.cmax or (512 if cuda else 128)
-    if steps < 2:
-        raise SystemExit("--steps must be at least 2 (the first step also carries the setup)")
+    if steps <= _loss_read_every(device):
+        raise SystemExit(f"--steps must be over {_loss_read_every(device)} here: the steps up to the first loss "
+                         "read carry the setup")
     configs = [tuple(pair.split(":")) for pair in args.configs.split(",")]
     if not configs or any(len(c) != 2 or c[0] not in ("w", "w+") or c[1] not in ("lpips", "pixel") for c in configs):
         raise SystemExit(f"--configs {args.configs!r}: give mode:loss pairs, mode w or w+, loss lpips or pixel")
@@ -182,13 +184,13 @@ def main(argv: list[str] | None = None) -> None:
         for size in sizes:
             G = make_generator(arch, size, cmax, device)
             target = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
-            rows = [("NVIDIA-style", "w", "lpips", nvidia_style_project)] if args.baseline else []
-            rows += [("StyleDeck", mode, loss, project) for mode, loss in configs]
+            rows = [("NVIDIA-style", "w", "lpips", nvidia_style_project, 1)] if args.baseline else []
+            rows += [("StyleDeck", mode, loss, project, _loss_read_every(device)) for mode, loss in configs]
             baseline = None
-            for loop, mode, loss, run in rows:
+            for loop, mode, loss, run, read_every in rows:
                 opts = ProjectionOptions(num_steps=steps, mode=mode, loss=loss, lpips_random_backbone=True,
                                          preview_every=0)
-                setup, step, total = time_projection(run, G, target, opts, device)
+                setup, step, total = time_projection(run, G, target, opts, device, read_every)
                 baseline = baseline or step
                 row = (f"{ARCHS[arch][0]:<12} {size:>5} {loop:<12} {mode:<4} {loss:<6} {setup:>8.2f} "
                        f"{step * 1e3:>9.1f} {total:>12.2f}")
